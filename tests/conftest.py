@@ -1,0 +1,22 @@
+"""Test set-up: tests marked `gpu` skip, with the reason, where no CUDA device is usable."""
+
+from __future__ import annotations
+
+import pytest
+
+from cgraph._gpu import gpu_available
+
+_GPU = gpu_available()
+_REASON = (
+    "no usable CUDA device (CuPy missing or no GPU): GPU tests run on the device "
+    "machine with `python -m pytest -m gpu`"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if _GPU:
+        return
+    skip = pytest.mark.skip(reason=_REASON)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
