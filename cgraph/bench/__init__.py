@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m cgraph.bench.NAME`; each writes notebooks/results/NAME.{json,md}."""
