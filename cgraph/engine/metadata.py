@@ -1,0 +1,189 @@
+"""Batch metadata for paged attention, built on the host with NumPy (no CuPy).
+
+A scheduled batch becomes flat int32 arrays padded to a graph's fixed sizes:
+token ids, positions and slot mapping over `num_tokens` rows; block tables, sequence
+lengths, query start offsets and logits row indices over `num_seqs` rows; and the
+real sequence count. Padding rows are inert: slot -1 (no KV write), position 0,
+token id 0, seq_len 0, query_start_loc repeating its last value, logits index 0.
+
+`MetadataLayout` packs all of them into one int32 vector at fixed offsets, so one
+host-to-device copy per step fills every static metadata buffer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import attrs
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cgraph.engine.scheduler import ScheduledBatch
+
+BLOCK_SIZE = 16
+
+
+def num_blocks_for(num_tokens: int, block_size: int = BLOCK_SIZE) -> int:
+    """Blocks needed to hold num_tokens KV entries."""
+    return -(-num_tokens // block_size)
+
+
+class BlockAllocator:
+    """Hands out KV cache block ids from a fixed pool (LIFO free list, deterministic)."""
+
+    def __init__(self, num_blocks: int, block_size: int = BLOCK_SIZE) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"BlockAllocator(num_blocks={num_blocks}, block_size={block_size}): "
+                             "both must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._free = list(range(num_blocks - 1, -1, -1))  # pop() yields 0, 1, 2, ...
+        self._used: set[int] = set()
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def can_allocate(self, num_tokens: int) -> bool:
+        return num_blocks_for(num_tokens, self.block_size) <= len(self._free)
+
+    def allocate(self, num_tokens: int) -> tuple[int, ...]:
+        """Blocks for num_tokens entries; raises RuntimeError when the pool is short."""
+        n = num_blocks_for(num_tokens, self.block_size)
+        if n > len(self._free):
+            raise RuntimeError(f"KV cache has {len(self._free)} free blocks, {n} needed for "
+                               f"{num_tokens} tokens; raise num_blocks or lower the load")
+        blocks = tuple(self._free.pop() for _ in range(n))
+        self._used.update(blocks)
+        return blocks
+
+    def free(self, blocks: Iterable[int]) -> None:
+        for b in blocks:
+            if b not in self._used:
+                raise ValueError(f"block {b} is not allocated (double free or foreign id)")
+            self._used.remove(b)
+            self._free.append(b)
+
+
+@attrs.frozen(eq=False)
+class BatchMetadata:
+    """Padded int32 arrays for one step (see module doc for the padding values)."""
+
+    input_ids: np.ndarray        # [num_tokens]
+    positions: np.ndarray        # [num_tokens]
+    slot_mapping: np.ndarray     # [num_tokens]
+    block_tables: np.ndarray     # [num_seqs, max_blocks]
+    seq_lens: np.ndarray         # [num_seqs]
+    query_start_loc: np.ndarray  # [num_seqs + 1]
+    logits_indices: np.ndarray   # [num_seqs]: row of each sequence's last query token
+    num_seqs: int                # real sequences (rows past it are padding)
+    num_tokens: int              # real tokens
+
+
+def build_metadata(batch: "ScheduledBatch", *, num_tokens: int, num_seqs: int,
+                   max_blocks: int, block_size: int = BLOCK_SIZE) -> BatchMetadata:
+    """Flatten a scheduled batch into arrays padded to (num_tokens, num_seqs) rows."""
+    n_tok, n_seq = batch.num_tokens, len(batch.seqs)
+    if n_tok > num_tokens or n_seq > num_seqs:
+        raise ValueError(f"batch of {n_tok} tokens / {n_seq} seqs does not fit padded sizes "
+                         f"({num_tokens}, {num_seqs}); pad to at least the batch size")
+    ids = np.zeros(num_tokens, np.int32)
+    pos = np.zeros(num_tokens, np.int32)
+    slots = np.full(num_tokens, -1, np.int32)
+    tables = np.zeros((num_seqs, max_blocks), np.int32)
+    lens = np.zeros(num_seqs, np.int32)
+    qsl = np.full(num_seqs + 1, n_tok, np.int32)
+    logit_rows = np.zeros(num_seqs, np.int32)
+    t = 0
+    for s, seq in enumerate(batch.seqs):
+        q = len(seq.token_ids)
+        end = seq.start + q
+        if len(seq.block_ids) > max_blocks or num_blocks_for(end, block_size) > len(seq.block_ids):
+            raise ValueError(f"request {seq.request_id!r}: {end} tokens need "
+                             f"{num_blocks_for(end, block_size)} blocks, it holds "
+                             f"{len(seq.block_ids)} (table width {max_blocks})")
+        blocks = np.asarray(seq.block_ids, np.int32)
+        p = np.arange(seq.start, end, dtype=np.int32)
+        ids[t:t + q] = seq.token_ids
+        pos[t:t + q] = p
+        slots[t:t + q] = blocks[p // block_size] * block_size + p % block_size
+        tables[s, :len(blocks)] = blocks
+        lens[s] = end
+        qsl[s] = t
+        t += q
+        logit_rows[s] = t - 1
+    qsl[n_seq] = t
+    return BatchMetadata(ids, pos, slots, tables, lens, qsl, logit_rows, n_seq, n_tok)
+
+
+_FIELDS = ("input_ids", "positions", "slot_mapping", "logits_indices", "seq_lens",
+           "query_start_loc", "num_seqs", "block_tables")
+_ALIGN = 32  # elements: every field starts 128-byte aligned
+
+
+def _align(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+@attrs.frozen
+class MetadataLayout:
+    """Fixed offsets of every metadata field inside one packed int32 vector.
+
+    Capacities: `max_tokens` token rows, `max_seqs` sequence rows, `max_blocks` table
+    width. Block tables come last, so a step copies only the prefix it uses.
+    """
+
+    max_tokens: int
+    max_seqs: int
+    max_blocks: int
+
+    def capacity(self, name: str) -> int:
+        return {"input_ids": self.max_tokens, "positions": self.max_tokens,
+                "slot_mapping": self.max_tokens, "logits_indices": self.max_seqs,
+                "seq_lens": self.max_seqs, "query_start_loc": self.max_seqs + 1,
+                "num_seqs": 1, "block_tables": self.max_seqs * self.max_blocks}[name]
+
+    def offset(self, name: str) -> int:
+        off = 0
+        for f in _FIELDS:
+            if f == name:
+                return off
+            off += _align(self.capacity(f))
+        raise KeyError(f"unknown metadata field {name!r}; fields: {_FIELDS}")
+
+    @property
+    def size(self) -> int:
+        return self.offset("block_tables") + self.capacity("block_tables")
+
+    def used(self, num_seqs: int) -> int:
+        """Prefix length that holds every field for a step padded to num_seqs rows."""
+        return self.offset("block_tables") + num_seqs * self.max_blocks
+
+    def slices(self, num_tokens: int, num_seqs: int) -> dict[str, tuple[slice, tuple[int, ...]]]:
+        """For each field: (slice into the packed vector, shape) at the padded sizes."""
+        if num_tokens > self.max_tokens or num_seqs > self.max_seqs:
+            raise ValueError(f"padded sizes ({num_tokens} tokens, {num_seqs} seqs) exceed the "
+                             f"layout's ({self.max_tokens}, {self.max_seqs})")
+        rows = {"input_ids": (num_tokens,), "positions": (num_tokens,),
+                "slot_mapping": (num_tokens,), "logits_indices": (num_seqs,),
+                "seq_lens": (num_seqs,), "query_start_loc": (num_seqs + 1,), "num_seqs": (1,),
+                "block_tables": (num_seqs, self.max_blocks)}
+        out = {}
+        for name, shape in rows.items():
+            o = self.offset(name)
+            out[name] = (slice(o, o + int(np.prod(shape))), shape)
+        return out
+
+    def pack(self, meta: BatchMetadata, out: np.ndarray) -> int:
+        """Write meta into the packed int32 vector `out`; return the prefix length used."""
+        if out.dtype != np.int32 or out.shape != (self.size,):
+            raise ValueError(f"packed metadata must be int32 of shape ({self.size},), got "
+                             f"{out.dtype} {out.shape}")
+        if meta.block_tables.shape[1] != self.max_blocks:
+            raise ValueError(f"block table width {meta.block_tables.shape[1]} != layout's "
+                             f"{self.max_blocks}")
+        n_tok, n_seq = meta.input_ids.shape[0], meta.seq_lens.shape[0]
+        for name, (sl, shape) in self.slices(n_tok, n_seq).items():
+            value = np.int32(meta.num_seqs) if name == "num_seqs" else getattr(meta, name)
+            out[sl] = np.reshape(value, -1)
+        return self.used(n_seq)

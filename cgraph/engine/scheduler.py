@@ -1,0 +1,190 @@
+"""Continuous-batching scheduler (pure Python, no CuPy).
+
+Each step forms one batch under two budgets, `max_num_seqs` sequences and
+`max_num_batched_tokens` tokens:
+1. every running request contributes one decode token (its last sampled token);
+2. waiting requests are admitted first-come-first-served while a sequence slot, the
+   token budget for the whole prompt (a prompt is prefilled in one step) and KV blocks
+   for its whole lifetime (prompt + max_new_tokens - 1 entries) are available; the first
+   one that does not fit stops admission, so no request is starved by later ones.
+A batch whose every sequence has a one-token query is a uniform decode batch (the FULL
+graph path); any batch with a longer prefill is mixed. KV blocks are reserved at
+admission, so a running request never waits for memory and nothing is preempted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Hashable, Sequence
+
+import attrs
+
+from cgraph.engine.metadata import BlockAllocator
+
+
+def _token_tuple(value: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(t) for t in value)
+
+
+@attrs.frozen
+class Request:
+    """A generation request: prompt token ids and how many tokens to generate."""
+
+    request_id: Hashable
+    prompt: tuple[int, ...] = attrs.field(converter=_token_tuple)
+    max_new_tokens: int = 16
+
+    def __attrs_post_init__(self) -> None:
+        if not self.prompt:
+            raise ValueError(f"request {self.request_id!r}: the prompt is empty; give at least one token")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ValueError(f"request {self.request_id!r}: max_new_tokens={self.max_new_tokens!r}, "
+                             "expected an int >= 1")
+        if min(self.prompt) < 0:
+            raise ValueError(f"request {self.request_id!r}: prompt has negative token ids")
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV entries the request ever writes (the last sampled token is never fed back)."""
+        return len(self.prompt) + self.max_new_tokens - 1
+
+
+@attrs.frozen
+class ScheduledSeq:
+    """One sequence's share of a step: query tokens starting at position `start`."""
+
+    request_id: Hashable
+    token_ids: tuple[int, ...]
+    start: int
+    block_ids: tuple[int, ...]
+
+    @property
+    def query_len(self) -> int:
+        return len(self.token_ids)
+
+
+@attrs.frozen
+class ScheduledBatch:
+    """The sequences of one step, decodes first, then prefills."""
+
+    seqs: tuple[ScheduledSeq, ...]
+    num_decodes: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.query_len for s in self.seqs)
+
+    @property
+    def num_prefills(self) -> int:
+        return len(self.seqs) - self.num_decodes
+
+    @property
+    def max_query_len(self) -> int:
+        return max(s.query_len for s in self.seqs)
+
+    @property
+    def uniform_decode(self) -> bool:
+        """Every sequence has a one-token query (token i belongs to sequence i)."""
+        return self.max_query_len == 1
+
+
+@attrs.define
+class _Running:
+    request: Request
+    block_ids: tuple[int, ...]
+    num_computed: int = 0
+    output: list[int] = attrs.Factory(list)
+
+
+class Scheduler:
+    """Forms batches step by step; `update` feeds back the sampled tokens."""
+
+    def __init__(self, *, max_num_seqs: int, max_num_batched_tokens: int,
+                 allocator: BlockAllocator) -> None:
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs={max_num_seqs}: expected >= 1")
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} < max_num_seqs="
+                             f"{max_num_seqs}: every running sequence needs a token per step; "
+                             "raise max_num_batched_tokens")
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.allocator = allocator
+        self._waiting: deque[Request] = deque()
+        self._running: list[_Running] = []
+        self._ids: set[Hashable] = set()
+        self.finished: dict[Hashable, tuple[int, ...]] = {}
+        self._pending: ScheduledBatch | None = None
+
+    def add(self, request: Request) -> None:
+        """Queue a request; raises ValueError if it could never be scheduled."""
+        if request.request_id in self._ids:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        if len(request.prompt) > self.max_num_batched_tokens:
+            raise ValueError(f"request {request.request_id!r}: prompt of {len(request.prompt)} tokens "
+                             f"exceeds max_num_batched_tokens={self.max_num_batched_tokens} (prompts "
+                             "are prefilled in one step); shorten it or raise the budget")
+        need = -(-request.kv_tokens // self.allocator.block_size)
+        if need > self.allocator.num_blocks:
+            raise ValueError(f"request {request.request_id!r} needs {need} KV blocks, the cache has "
+                             f"{self.allocator.num_blocks}; enlarge the KV cache")
+        self._ids.add(request.request_id)
+        self._waiting.append(request)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def schedule(self) -> ScheduledBatch | None:
+        """The next step's batch, or None when no request is left."""
+        if self._pending is not None:
+            raise RuntimeError("schedule() called twice without update(); feed back the sampled "
+                               "tokens of the previous batch first")
+        seqs = [ScheduledSeq(r.request.request_id, (r.output[-1],), r.num_computed, r.block_ids)
+                for r in self._running]
+        budget = self.max_num_batched_tokens - len(seqs)
+        num_decodes = len(seqs)
+        while self._waiting and len(self._running) < self.max_num_seqs:
+            req = self._waiting[0]
+            if len(req.prompt) > budget or not self.allocator.can_allocate(req.kv_tokens):
+                break
+            self._waiting.popleft()
+            run = _Running(req, self.allocator.allocate(req.kv_tokens))
+            self._running.append(run)
+            seqs.append(ScheduledSeq(req.request_id, req.prompt, 0, run.block_ids))
+            budget -= len(req.prompt)
+        if not seqs:
+            return None
+        self._pending = ScheduledBatch(tuple(seqs), num_decodes)
+        return self._pending
+
+    def update(self, batch: ScheduledBatch, sampled: Sequence[int]) -> list[Hashable]:
+        """Record each sequence's sampled token; return the ids that finished."""
+        if batch is not self._pending:
+            raise RuntimeError("update() got a batch that is not the last scheduled one")
+        if len(sampled) < len(batch.seqs):
+            raise ValueError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences")
+        self._pending = None
+        by_id = {r.request.request_id: r for r in self._running}
+        done: list[Hashable] = []
+        for seq, tok in zip(batch.seqs, sampled):
+            run = by_id[seq.request_id]
+            run.num_computed += seq.query_len
+            run.output.append(int(tok))
+            if len(run.output) >= run.request.max_new_tokens:
+                done.append(seq.request_id)
+                self.allocator.free(run.block_ids)
+                self.finished[seq.request_id] = tuple(run.output)
+        if done:
+            gone = set(done)
+            self._running = [r for r in self._running if r.request.request_id not in gone]
+        return done

@@ -1,0 +1,141 @@
+"""Scheduler: budgets, decode-first batches, FCFS admission, KV reservation, completion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cgraph.engine import BlockAllocator, Request, Scheduler
+
+
+def _sched(seqs=4, tokens=64, blocks=256):
+    return Scheduler(max_num_seqs=seqs, max_num_batched_tokens=tokens,
+                     allocator=BlockAllocator(blocks))
+
+
+def _run_to_end(sched, rng, max_steps=10_000):
+    """Drive the scheduler with random sampled tokens; return the batches and the feed."""
+    batches, fed = [], {}
+    for _ in range(max_steps):
+        batch = sched.schedule()
+        if batch is None:
+            return batches, fed
+        sampled = rng.integers(0, 1000, size=len(batch.seqs))
+        for seq, tok in zip(batch.seqs, sampled):
+            fed.setdefault(seq.request_id, []).append(int(tok))
+        batches.append(batch)
+        sched.update(batch, sampled.tolist())
+    raise AssertionError("scheduler did not finish")
+
+
+def test_first_step_prefills_whole_prompts_then_decodes_one_token_each():
+    rng = np.random.default_rng()
+    s = _sched()
+    prompts = [rng.integers(0, 100, size=n).tolist() for n in (5, 9)]
+    for i, p in enumerate(prompts):
+        s.add(Request(i, p, max_new_tokens=3))
+    b0 = s.schedule()
+    assert b0.num_decodes == 0 and b0.num_prefills == 2 and not b0.uniform_decode
+    assert [list(q.token_ids) for q in b0.seqs] == prompts
+    assert [q.start for q in b0.seqs] == [0, 0]
+    s.update(b0, [11, 22])
+    b1 = s.schedule()
+    assert b1.uniform_decode and b1.num_tokens == 2
+    assert [q.token_ids for q in b1.seqs] == [(11,), (22,)]
+    assert [q.start for q in b1.seqs] == [5, 9]
+
+
+def test_request_generates_exactly_max_new_tokens_and_frees_its_blocks():
+    rng = np.random.default_rng()
+    alloc = BlockAllocator(64)
+    s = Scheduler(max_num_seqs=3, max_num_batched_tokens=40, allocator=alloc)
+    want = {i: int(rng.integers(1, 9)) for i in range(7)}
+    for i, n in want.items():
+        s.add(Request(i, rng.integers(0, 50, size=int(rng.integers(1, 30))), max_new_tokens=n))
+    _, fed = _run_to_end(s, rng)
+    assert {k: len(v) for k, v in s.finished.items()} == want
+    assert {k: tuple(v) for k, v in fed.items()} == s.finished
+    assert alloc.num_free == 64
+
+
+def test_budgets_hold_and_decodes_come_first():
+    rng = np.random.default_rng()
+    s = _sched(seqs=3, tokens=20)
+    for i in range(10):
+        s.add(Request(i, rng.integers(0, 50, size=int(rng.integers(1, 21))), max_new_tokens=4))
+    batches, _ = _run_to_end(s, rng)
+    for b in batches:
+        assert len(b.seqs) <= 3 and b.num_tokens <= 20
+        assert all(q.query_len == 1 for q in b.seqs[:b.num_decodes])
+        assert all(q.start == 0 for q in b.seqs[b.num_decodes:])
+
+
+def test_admission_is_first_come_first_served():
+    s = _sched(seqs=4, tokens=10)
+    s.add(Request("a", [1] * 8, max_new_tokens=2))
+    s.add(Request("b", [2] * 5, max_new_tokens=2))  # does not fit next to "a"
+    s.add(Request("c", [3] * 1, max_new_tokens=2))  # would fit, but must not pass "b"
+    b0 = s.schedule()
+    assert [q.request_id for q in b0.seqs] == ["a"]
+    s.update(b0, [7])
+    b1 = s.schedule()
+    assert [q.request_id for q in b1.seqs] == ["a", "b", "c"]
+
+
+def test_kv_blocks_are_reserved_for_the_whole_request_and_gate_admission():
+    alloc = BlockAllocator(4, block_size=16)
+    s = Scheduler(max_num_seqs=4, max_num_batched_tokens=64, allocator=alloc)
+    s.add(Request(0, [1] * 20, max_new_tokens=13))  # 32 KV entries -> 2 blocks
+    s.add(Request(1, [1] * 20, max_new_tokens=14))  # 33 entries -> 3 blocks: must wait
+    b = s.schedule()
+    assert [q.request_id for q in b.seqs] == [0] and len(b.seqs[0].block_ids) == 2
+    assert alloc.num_free == 2
+
+
+def test_ragged_ids_unique_and_unschedulable_requests_rejected():
+    s = _sched(tokens=16, blocks=2)
+    s.add(Request("x", [1, 2], 1))
+    with pytest.raises(ValueError, match="already in use"):
+        s.add(Request("x", [1], 1))
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        s.add(Request("y", [1] * 17, 1))
+    with pytest.raises(ValueError, match="KV blocks"):
+        s.add(Request("z", [1] * 16, 32))
+    with pytest.raises(ValueError, match="empty"):
+        Request("e", [], 1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Request("e", [1], 0)
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        Scheduler(max_num_seqs=8, max_num_batched_tokens=4, allocator=BlockAllocator(4))
+
+
+def test_schedule_twice_without_update_is_an_error():
+    s = _sched()
+    s.add(Request(0, [1, 2, 3], 2))
+    b = s.schedule()
+    with pytest.raises(RuntimeError, match="update"):
+        s.schedule()
+    s.update(b, [5])
+    assert s.schedule().uniform_decode
+
+
+@settings(max_examples=60, deadline=None)
+@given(seqs=st.integers(1, 8), extra=st.integers(0, 40),
+       lens=st.lists(st.tuples(st.integers(1, 48), st.integers(1, 6)), min_size=1, max_size=20),
+       seed=st.integers(0, 2**32 - 1))
+def test_random_workloads_complete_within_budgets(seqs, extra, lens, seed):
+    tokens = max(seqs, 48) + extra
+    alloc = BlockAllocator(40, block_size=4)
+    s = Scheduler(max_num_seqs=seqs, max_num_batched_tokens=tokens, allocator=alloc)
+    rng = np.random.default_rng(seed)
+    for i, (p, n) in enumerate(lens):
+        if -(-(p + n - 1) // 4) <= 40:
+            s.add(Request(i, rng.integers(0, 9, size=p), max_new_tokens=n))
+    batches, fed = _run_to_end(s, rng)
+    for b in batches:
+        assert len(b.seqs) <= seqs and b.num_tokens <= tokens
+        assert len({q.request_id for q in b.seqs}) == len(b.seqs)
+    for rid, out in s.finished.items():
+        assert tuple(fed[rid]) == out
+    assert alloc.num_free == 40 and not s.has_work
