@@ -41,7 +41,7 @@ _LAZY = {
 __all__ = [
     "GraphMode", "BatchDescriptor", "GraphConfig", "DispatchTable", "build_dispatch_table",
     "dispatch", "capture_descriptors", "padding_report", "suggest_capture_sizes",
-    *_LAZY, "kernels",
+    *_LAZY,
 ]
 
 

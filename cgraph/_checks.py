@@ -24,13 +24,14 @@ def check_int(value: Any, name: str, minimum: int | None = None, *, hint: str = 
     ``minimum`` (inclusive) is checked after the type. ``hint`` is appended to the
     message and should say how to fix the call.
     """
-    if isinstance(value, bool) or _is_numpy_bool(value) or not isinstance(value, numbers.Integral):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise TypeError(
-            f"{name} must be an int{bound}, got {value!r} ({type(value).__name__}); "
-            f"pass a plain integer{', ' + hint if hint else ''}"
-        )
-    value = int(value)
+    if type(value) is not int:  # fast path first: plain ints are the common case
+        if isinstance(value, bool) or _is_numpy_bool(value) or not isinstance(value, numbers.Integral):
+            bound = f" >= {minimum}" if minimum is not None else ""
+            raise TypeError(
+                f"{name} must be an int{bound}, got {value!r} ({type(value).__name__}); "
+                f"pass a plain integer{', ' + hint if hint else ''}"
+            )
+        value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(
             f"{name} must be an int >= {minimum}, got {value}"
@@ -41,7 +42,7 @@ def check_int(value: Any, name: str, minimum: int | None = None, *, hint: str = 
 
 def check_bool(value: Any, name: str) -> bool:
     """Return ``value`` as a bool; only bool (or numpy.bool_) is accepted, not 0/1."""
-    if isinstance(value, bool):
+    if value is True or value is False:
         return value
     if _is_numpy_bool(value):
         return bool(value)

@@ -57,3 +57,17 @@ class BatchDescriptor:
         return BatchDescriptor(
             self.num_tokens, None, False, self.has_lora, self.num_active_loras
         )
+
+
+def eager_descriptor(num_tokens: int) -> BatchDescriptor:
+    """``BatchDescriptor(num_tokens)`` for an int already known to be >= 1, without checks.
+
+    Dispatch answers every batch above the largest capture size with such a descriptor;
+    skipping the converters keeps that answer cheap on the hot path.
+    """
+    desc = object.__new__(BatchDescriptor)
+    # attrs frozen classes are written the same way internally (object.__setattr__).
+    for name, value in (("num_tokens", num_tokens), ("num_reqs", None), ("uniform", False),
+                        ("has_lora", False), ("num_active_loras", 0)):
+        object.__setattr__(desc, name, value)
+    return desc

@@ -31,6 +31,8 @@ Speed: dispatch answers from rows precomputed per (uniform_decode, has_lora,
 num_active_loras, disable_full), indexed by num_tokens, so a call costs a few type
 checks, one dict lookup and one tuple index. A row is built on first use and holds
 max_capture_size + 1 references to shared results; at most 8 * (max_loras + 1) rows exist.
+Answers for batches above max_capture_size but within max_num_batched_tokens are
+cached per num_tokens as they are first seen (NONE answers do not depend on the flags).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import attrs
 
 from cgraph._checks import check_bool, check_int
 from cgraph.config import GraphConfig
-from cgraph.descriptors import BatchDescriptor
+from cgraph.descriptors import BatchDescriptor, eager_descriptor
 from cgraph.modes import GraphMode
 
 Dispatch = tuple[GraphMode, BatchDescriptor]
@@ -90,6 +92,8 @@ class DispatchTable:
     _canon: dict[BatchDescriptor, BatchDescriptor] = attrs.field(
         init=False, factory=dict, eq=False, hash=False, repr=False
     )
+    # _eager[n] == (NONE, BatchDescriptor(n)) for max_capture_size < n <= max_num_batched_tokens
+    _eager: dict[int, Dispatch] = attrs.field(init=False, factory=dict, eq=False, hash=False, repr=False)
     # _misses[n] == (NONE, BatchDescriptor(n)) for 1 <= n <= max_capture_size, built on first use
     _misses: list[tuple[Dispatch, ...]] = attrs.field(
         init=False, factory=list, eq=False, hash=False, repr=False
@@ -224,8 +228,11 @@ def dispatch(
         and type(num_active_loras) is int
     ):
         try:
-            return table._rows[(uniform_decode, has_lora, num_active_loras, disable_full)][num_tokens]
-        except (KeyError, IndexError, AttributeError):
+            row = table._rows[(uniform_decode, has_lora, num_active_loras, disable_full)]
+            if num_tokens < len(row):
+                return row[num_tokens]
+            return table._eager[num_tokens]  # above max_capture_size, seen before
+        except (KeyError, AttributeError):
             pass
     return _dispatch_checked(table, num_tokens, uniform_decode, has_lora, disable_full, num_active_loras)
 
@@ -248,7 +255,11 @@ def _dispatch_checked(
                                  hint="0 when no adapter is active")
     cfg = table.config
     if num_tokens > cfg.max_capture_size:
-        return GraphMode.NONE, BatchDescriptor(num_tokens)
+        answer = (GraphMode.NONE, eager_descriptor(num_tokens))
+        if num_tokens <= cfg.max_num_batched_tokens:
+            # Bounded by the scheduler's budget; larger batches are rare and not cached.
+            table._eager[num_tokens] = answer
+        return answer
     key = (uniform_decode, has_lora, num_active_loras, disable_full)
     if num_active_loras > cfg.max_loras:
         # Unbounded values are answered without caching so the rows stay bounded.
