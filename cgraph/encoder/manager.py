@@ -1,0 +1,232 @@
+"""EncoderGraphManager: one captured encoder graph per token budget, greedy packing, eager fallback.
+
+Workflow:
+1. At construction, static buffers (patches, positions, cu_seqlens) are allocated once for
+   the largest budget, and one graph per budget is captured, largest first, on prefix
+   views of those buffers, all into one shared GraphPool.
+2. `execute(images)` unfolds the images, plans batches with `plan_batches` (smallest first,
+   packed up to the largest budget and `max_batch_size`), and for each batch:
+   copies the packed patches and positions into the buffers (zero-padded up to the budget),
+   writes cu_seqlens (unused sequences are empty), replays the budget's graph and copies
+   each item's rows out, so later replays cannot overwrite returned outputs.
+   An item larger than the largest budget runs eagerly (a miss).
+3. Outputs come back in input order. `stats` holds cumulative hits, misses and replays.
+
+Images are CuPy/NumPy arrays [C, H, W] (H, W multiples of 2 * patch) or PreparedImage
+values from `model.prepare` (pre-unfolded patches, to keep unfolding out of a hot loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from cgraph._gpu import require_device
+from cgraph.encoder.config import EncoderGraphConfig
+from cgraph.encoder.model import MERGE_PATCHES, VisionEncoder
+from cgraph.encoder.planning import EncoderBatch, plan_batches
+
+
+@attrs.frozen
+class EncoderStats:
+    """Cumulative counts: hits/misses in images, replays and eager runs in batches.
+
+    budget_replays: ((budget, replays), ...) ascending by budget.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    budget_replays: tuple[tuple[int, int], ...] = ()
+    graph_tokens: int = 0  # real output tokens produced by graphs
+    padded_tokens: int = 0  # tokens graphs computed (sum of budgets replayed)
+
+    @property
+    def items(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of images served by a graph (0.0 before any image)."""
+        return self.hits / self.items if self.items else 0.0
+
+    @property
+    def replays(self) -> int:
+        return sum(n for _, n in self.budget_replays)
+
+    @property
+    def padding_waste(self) -> float:
+        return 1.0 - self.graph_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class EncoderGraphManager:
+    """Captures `model.forward` once per token budget and serves mixed-size images with replays."""
+
+    def __init__(
+        self,
+        model: VisionEncoder,
+        budgets: Sequence[int],
+        max_batch_size: int,
+        pool: Any = None,
+        *,
+        debug: bool | None = None,
+    ) -> None:
+        cp = require_device()
+        from cgraph.buffers import StaticBuffers  # noqa: PLC0415 - GPU layer
+        from cgraph.capture import capture  # noqa: PLC0415
+        from cgraph.pool import GraphPool  # noqa: PLC0415
+
+        if not isinstance(model, VisionEncoder):
+            raise TypeError(f"model must be a VisionEncoder, got {type(model).__name__}")
+        self.config = EncoderGraphConfig(tuple(budgets), max_batch_size)
+        self.model = model
+        self._cp = cp
+        self._owns_pool = pool is None
+        self.pool = GraphPool() if pool is None else pool
+        max_patches = self.config.max_budget * MERGE_PATCHES
+        self.buffers = StaticBuffers(
+            {
+                "patches": ((max_patches, model.spec.patch_dim), model.dtype),
+                "positions": ((max_patches,), "int32"),
+                "cu_seqlens": ((self.config.max_batch_size + 1,), "int32"),
+            },
+            debug=debug,
+        )
+        self._graphs: dict[int, Any] = {}
+        self._hits = self._misses = self._graph_tokens = self._padded_tokens = 0
+        self._replays = {b: 0 for b in self.config.budgets}
+        try:
+            # largest first: later, smaller graphs reuse the pool memory the largest grew
+            for budget in reversed(self.config.budgets):
+                rows = budget * MERGE_PATCHES
+                self._graphs[budget] = capture(
+                    model.forward,
+                    self.buffers.view("patches", rows),
+                    self.buffers.view("positions", rows),
+                    self.buffers["cu_seqlens"],
+                    rows,
+                    pool=self.pool,
+                    name=f"encoder[budget={budget}]",
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ info
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return self.config.budgets
+
+    def graph(self, budget: int) -> Any:
+        """The CapturedGraph for `budget` (for inspection: num_nodes, dot(), pool_bytes)."""
+        try:
+            return self._graphs[budget]
+        except KeyError:
+            raise KeyError(f"no graph for budget {budget}; budgets are {self.budgets}") from None
+
+    @property
+    def stats(self) -> EncoderStats:
+        return EncoderStats(
+            self._hits, self._misses, tuple(sorted(self._replays.items())),
+            self._graph_tokens, self._padded_tokens,
+        )
+
+    def reset_stats(self) -> None:
+        self._hits = self._misses = self._graph_tokens = self._padded_tokens = 0
+        self._replays = {b: 0 for b in self.config.budgets}
+
+    def plan(self, images: Sequence[Any]) -> tuple[EncoderBatch, ...]:
+        """The batches `execute` would run for these images (prepared or [C, H, W])."""
+        items = [self.model.prepare(im) for im in images]
+        return plan_batches([it.tokens for it in items], self.budgets, self.config.max_batch_size)
+
+    # ------------------------------------------------------------------ run
+    def execute(self, images: Sequence[Any]) -> list[Any]:
+        """Encode images; returns one [tokens, out_dim] array per image, in input order.
+
+        The arrays are private copies (never graph memory): later calls do not change them.
+        """
+        if not self._graphs:
+            raise RuntimeError("this EncoderGraphManager was closed; create a new one")
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list of arrays, got {type(images).__name__}")
+        items = [self.model.prepare(im) for im in images]
+        plan = plan_batches([it.tokens for it in items], self.budgets, self.config.max_batch_size)
+        outputs: list[Any] = [None] * len(items)
+        graph_batches = [b for b in plan if not b.eager]
+        metadata = self._upload_metadata(graph_batches, items)
+        for batch, (positions, cu_seqlens) in zip(graph_batches, metadata):
+            self._run_graph(batch, items, positions, cu_seqlens, outputs)
+        for batch in plan:
+            if batch.eager:
+                (i,) = batch.items
+                outputs[i] = self.model.encode(items[i])  # fresh eager memory: no copy needed
+                self._misses += 1
+        return outputs
+
+    def _upload_metadata(self, batches: list[EncoderBatch], items: list[Any]) -> list[tuple[Any, Any]]:
+        """Positions and cu_seqlens of every graph batch in one host-to-device copy.
+
+        One copy per call instead of two per batch: host-to-device copies from pageable
+        memory may wait for the stream, which would stall the replays behind them.
+        """
+        if not batches:
+            return []
+        width = self.config.max_batch_size + 1
+        cu = np.zeros((len(batches), width), np.int32)
+        positions = []
+        for row, batch in enumerate(batches):
+            lens = [items[i].num_patches for i in batch.items]
+            np.cumsum(lens, out=cu[row, 1 : len(lens) + 1])
+            cu[row, len(lens) + 1 :] = cu[row, len(lens)]  # unused sequences are empty
+            positions.extend(items[i].positions for i in batch.items)
+        host = np.concatenate([cu.reshape(-1), *positions])
+        dev = self._cp.asarray(host)
+        cu_dev = dev[: cu.size].reshape(cu.shape)
+        out, start = [], cu.size
+        for row, batch in enumerate(batches):
+            n = int(cu[row, -1])
+            out.append((dev[start : start + n], cu_dev[row]))
+            start += n
+        return out
+
+    def _run_graph(self, batch: EncoderBatch, items: list[Any], positions: Any, cu_seqlens: Any,
+                   outputs: list[Any]) -> None:
+        cp, bufs = self._cp, self.buffers
+        members = [items[i] for i in batch.items]
+        rows = batch.budget * MERGE_PATCHES
+        patches = members[0].patches if len(members) == 1 else cp.concatenate([m.patches for m in members])
+        bufs.fill("patches", patches, rows)
+        bufs.fill("positions", positions, rows)
+        bufs.fill("cu_seqlens", cu_seqlens)
+        out = self._graphs[batch.budget].replay()
+        start = 0
+        for i, m in zip(batch.items, members):
+            outputs[i] = out[start : start + m.tokens].copy()  # graph memory is reused next replay
+            start += m.tokens
+        self._hits += len(members)
+        self._replays[batch.budget] += 1
+        self._graph_tokens += batch.tokens
+        self._padded_tokens += batch.budget
+
+    def close(self) -> None:
+        """Release the graphs (and the pool when this manager created it). Idempotent."""
+        for g in self._graphs.values():
+            g.close()
+        self._graphs = {}
+        if self._owns_pool and self.pool is not None and not self.pool.closed:
+            self.pool.close()
+
+    def __enter__(self) -> "EncoderGraphManager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"EncoderGraphManager(budgets={self.budgets}, max_batch_size="
+            f"{self.config.max_batch_size}, graphs={len(self._graphs)})"
+        )

@@ -1,0 +1,243 @@
+"""A small ViT-like vision encoder built from cgraph.kernels (GPU).
+
+Per image [C, H, W] (H, W multiples of 2 * patch):
+  patch embedding + learned 2-D position table -> L x (RMSNorm, bidirectional varlen
+  attention over cu_seqlens, RMSNorm, gated MLP with silu_and_mul) -> RMSNorm ->
+  2x2 patch merger (4 neighbouring patches -> one output token) -> [tokens, out_dim].
+Output tokens per image = (H / patch / 2) * (W / patch / 2).
+
+Patches are laid out in *merge-window order*: the 4 patches of each 2x2 window are
+consecutive, so a packed batch of images merges with one reshape (every image has a
+multiple of 4 patches). `forward` is the graph-safe body: no host sync, no cuBLAS, no
+host-to-device copy; it allocates its activations (from a graph pool when captured).
+Weights are random with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import attrs
+import numpy as np
+
+from cgraph._gpu import require_device
+
+MERGE = 2  # 2x2 patch merger
+MERGE_PATCHES = MERGE * MERGE
+
+
+def _positive(_inst: Any, attr: attrs.Attribute, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"EncoderSpec.{attr.name} must be a positive int, got {value!r}")
+
+
+@attrs.frozen
+class EncoderSpec:
+    """Shape of the encoder. hidden must split into heads of a size the kernel supports."""
+
+    channels: int = attrs.field(default=3, validator=_positive)
+    patch: int = attrs.field(default=8, validator=_positive)
+    hidden: int = attrs.field(default=128, validator=_positive)
+    heads: int = attrs.field(default=2, validator=_positive)
+    layers: int = attrs.field(default=2, validator=_positive)
+    mlp: int = attrs.field(default=256, validator=_positive)
+    merger: int = attrs.field(default=256, validator=_positive)
+    out_dim: int = attrs.field(default=256, validator=_positive)
+    max_grid: int = attrs.field(default=128, validator=_positive)  # patches per side, max
+    eps: float = 1e-6
+
+    def __attrs_post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"hidden ({self.hidden}) must be divisible by heads ({self.heads})"
+            )
+        if self.max_grid % MERGE:
+            raise ValueError(f"max_grid ({self.max_grid}) must be even (2x2 merger)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch * self.patch
+
+
+@attrs.frozen(eq=False)
+class PreparedImage:
+    """An image unfolded into patches (merge-window order) with its position ids.
+
+    patches: cupy [n, C*p*p] in the model dtype; positions: numpy int32 [n];
+    grid: (patch rows, patch cols). tokens = n / 4 output tokens.
+    """
+
+    patches: Any
+    positions: np.ndarray
+    grid: tuple[int, int]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def tokens(self) -> int:
+        return self.num_patches // MERGE_PATCHES
+
+
+@functools.lru_cache(maxsize=1024)
+def _window_positions(rows: int, cols: int, max_grid: int) -> np.ndarray:
+    """Position ids row * max_grid + col of each patch, in merge-window order."""
+    r = np.arange(rows).reshape(rows // MERGE, 1, MERGE, 1)
+    c = np.arange(cols).reshape(1, cols // MERGE, 1, MERGE)
+    pos = (r * max_grid + c).astype(np.int32)  # [rows/2, cols/2, 2, 2] by broadcasting
+    pos = np.broadcast_to(pos, (rows // MERGE, cols // MERGE, MERGE, MERGE))
+    out = np.ascontiguousarray(pos).reshape(-1)
+    out.flags.writeable = False
+    return out
+
+
+class VisionEncoder:
+    """Random-weight ViT-like encoder; `forward` is capturable, `encode` runs one image eagerly."""
+
+    def __init__(self, spec: EncoderSpec | None = None, *, seed: int = 0, dtype: str = "float16") -> None:
+        self.spec = spec if spec is not None else EncoderSpec()
+        if not isinstance(self.spec, EncoderSpec):
+            raise TypeError(f"spec must be an EncoderSpec, got {type(spec).__name__}")
+        if dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {dtype!r}")
+        cp = require_device()
+        from cgraph import kernels as K  # noqa: PLC0415 - GPU layer, loaded with the model
+
+        self._cp, self._K = cp, K
+        self.dtype = cp.dtype(dtype) if dtype == "float16" else _bf16(cp)
+        s = self.spec
+        rng = np.random.default_rng(seed)
+
+        def w(*shape: int) -> Any:
+            fan_in = shape[-1]
+            return cp.asarray((rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32)).astype(self.dtype)
+
+        def norm_w(n: int) -> Any:
+            return cp.asarray((1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)).astype(self.dtype)
+
+        self.patch_w = w(s.hidden, s.patch_dim)
+        self.patch_b = cp.asarray((0.02 * rng.standard_normal(s.hidden)).astype(np.float32)).astype(self.dtype)
+        self.pos_table = cp.asarray((0.5 * rng.standard_normal((s.max_grid * s.max_grid, s.hidden))).astype(np.float32)).astype(self.dtype)
+        self.blocks = []
+        for _ in range(s.layers):
+            self.blocks.append(dict(
+                norm1=norm_w(s.hidden), wq=w(s.hidden, s.hidden), wk=w(s.hidden, s.hidden),
+                wv=w(s.hidden, s.hidden), wo=w(s.hidden, s.hidden), norm2=norm_w(s.hidden),
+                w_gate_up=w(2 * s.mlp, s.hidden), w_down=w(s.hidden, s.mlp),
+            ))
+        self.final_norm = norm_w(s.hidden)
+        self.merge_w1 = w(2 * s.merger, MERGE_PATCHES * s.hidden)
+        self.merge_w2 = w(s.out_dim, s.merger)
+
+    # ------------------------------------------------------------------ inputs
+    def output_tokens(self, height: int, width: int) -> int:
+        """Output tokens of an H x W image: (H / p / 2) * (W / p / 2)."""
+        step = self.spec.patch * MERGE
+        return (height // step) * (width // step)
+
+    def prepare(self, image: Any) -> PreparedImage:
+        """Unfold a [C, H, W] image (CuPy or NumPy) into merge-window-ordered patches.
+
+        Eager, outside any capture (it may copy host data to the device).
+        """
+        if isinstance(image, PreparedImage):
+            return image
+        cp, s = self._cp, self.spec
+        shape = getattr(image, "shape", None)
+        if shape is None or len(shape) != 3:
+            raise ValueError(f"an image must be an array [C, H, W], got shape {shape}")
+        c, h, wd = (int(d) for d in shape)
+        step = s.patch * MERGE
+        if c != s.channels or h % step or wd % step or h == 0 or wd == 0:
+            raise ValueError(
+                f"image of shape {tuple(shape)} does not fit the encoder: need {s.channels} "
+                f"channels and H, W positive multiples of 2 * patch = {step}; resize or pad it"
+            )
+        rows, cols = h // s.patch, wd // s.patch
+        if rows > s.max_grid or cols > s.max_grid:
+            raise ValueError(
+                f"image of shape {tuple(shape)} has a {rows}x{cols} patch grid; the position "
+                f"table holds at most {s.max_grid}x{s.max_grid} (EncoderSpec.max_grid)"
+            )
+        x = cp.asarray(image).astype(self.dtype, copy=False)
+        p = s.patch
+        x = x.reshape(c, rows // MERGE, MERGE, p, cols // MERGE, MERGE, p)
+        # -> [window row, window col, row in window, col in window, C, p, p]
+        x = x.transpose(1, 4, 2, 5, 0, 3, 6).reshape(rows * cols, c * p * p)
+        patches = cp.ascontiguousarray(x)
+        return PreparedImage(patches, _window_positions(rows, cols, s.max_grid), (rows, cols))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, patches: Any, positions: Any, cu_seqlens: Any, max_seqlen: int) -> Any:
+        """Encode packed images: patches [T, C*p*p], positions int32 [T], cu_seqlens int32 [n+1].
+
+        T must be a multiple of 4; sequences are whole images in merge-window order; rows
+        at or beyond cu_seqlens[n] are padding (their outputs are not meaningful).
+        Returns [T / 4, out_dim]. Graph-safe (no sync, no cuBLAS, no host copies).
+        """
+        cp, K, s = self._cp, self._K, self.spec
+        t = patches.shape[0]
+        if t % MERGE_PATCHES:
+            raise ValueError(f"patch rows ({t}) must be a multiple of {MERGE_PATCHES} (2x2 merger)")
+        dt = self.dtype
+        hd, nh = s.head_dim, s.heads
+        x = K.patch_embed(patches, self.patch_w, out=cp.empty((t, s.hidden), dt), bias=self.patch_b)
+        pos = K.embedding(positions, self.pos_table, out=cp.empty((t, s.hidden), dt))
+        x += pos
+        h = cp.empty((t, s.hidden), dt)
+        K.rms_norm(x, self.blocks[0]["norm1"], s.eps, out=h)
+        scale = 1.0 / math.sqrt(hd)
+        for li, blk in enumerate(self.blocks):
+            q = K.gemm(h, blk["wq"], out=cp.empty((t, s.hidden), dt))
+            k = K.gemm(h, blk["wk"], out=cp.empty((t, s.hidden), dt))
+            v = K.gemm(h, blk["wv"], out=cp.empty((t, s.hidden), dt))
+            a = K.varlen_attention(
+                q.reshape(t, nh, hd), k.reshape(t, nh, hd), v.reshape(t, nh, hd),
+                out=cp.empty((t, nh, hd), dt), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                causal=False, scale=scale,
+            )
+            o = K.gemm(a.reshape(t, s.hidden), blk["wo"], out=cp.empty((t, s.hidden), dt))
+            K.rms_norm(o, blk["norm2"], s.eps, out=h, residual=x)  # x += o; h = norm(x)
+            gu = K.gemm(h, blk["w_gate_up"], out=cp.empty((t, 2 * s.mlp), dt))
+            m = K.silu_and_mul(gu, out=cp.empty((t, s.mlp), dt))
+            d = K.gemm(m, blk["w_down"], out=cp.empty((t, s.hidden), dt))
+            nxt = self.blocks[li + 1]["norm1"] if li + 1 < len(self.blocks) else self.final_norm
+            K.rms_norm(d, nxt, s.eps, out=h, residual=x)  # x += d; h = norm(x)
+        merged = h.reshape(t // MERGE_PATCHES, MERGE_PATCHES * s.hidden)
+        g = K.gemm(merged, self.merge_w1, out=cp.empty((t // MERGE_PATCHES, 2 * s.merger), dt))
+        mm = K.silu_and_mul(g, out=cp.empty((t // MERGE_PATCHES, s.merger), dt))
+        return K.gemm(mm, self.merge_w2, out=cp.empty((t // MERGE_PATCHES, s.out_dim), dt))
+
+    def encode(self, image: Any) -> Any:
+        """Eagerly encode one image ([C, H, W] or PreparedImage) -> [tokens, out_dim]."""
+        return self.encode_batch([image])[0]
+
+    def encode_batch(self, images: list[Any]) -> list[Any]:
+        """Eagerly encode images in one packed varlen forward (no padding) -> outputs in order."""
+        cp = self._cp
+        items = [self.prepare(im) for im in images]
+        if not items:
+            return []
+        patches = items[0].patches if len(items) == 1 else cp.concatenate([it.patches for it in items])
+        positions = cp.asarray(np.concatenate([it.positions for it in items]))
+        lens = np.array([it.num_patches for it in items], np.int64)
+        cu = cp.asarray(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+        out = self.forward(patches, positions, cu, int(lens.max()))
+        ends = np.cumsum([it.tokens for it in items])
+        return [out[e - it.tokens : e] for e, it in zip(ends, items)]
+
+
+def _bf16(cp: Any) -> Any:
+    try:
+        import ml_dtypes  # noqa: PLC0415
+
+        return cp.dtype(ml_dtypes.bfloat16)
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ValueError("bfloat16 needs the ml_dtypes package; use dtype='float16'") from exc
