@@ -1,0 +1,53 @@
+"""The one piece of hidden state: this thread's active capture, if any.
+
+Kept thread-local so two threads can capture on their own streams at once, and so code
+in another thread never mistakes itself for being inside someone else's capture.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import attrs
+
+
+@attrs.define(slots=True)
+class ActiveCapture:
+    """What the thread is capturing now.
+
+    kind: "full" for a plain capture (everything goes into one graph, breaks included),
+    "breakable" for a BreakableCapture (decorated breaks end the segment).
+    keepalive: objects replays need alive (host callback closures and their arguments).
+    """
+
+    kind: str
+    name: str
+    owner: Any = None
+    keepalive: list = attrs.field(factory=list)
+    in_break: bool = False
+
+
+_local = threading.local()
+
+
+def active() -> ActiveCapture | None:
+    """The calling thread's active capture, or None."""
+    return getattr(_local, "capture", None)
+
+
+def enter(state: ActiveCapture) -> None:
+    from cgraph.errors import NestedCaptureError
+
+    current = active()
+    if current is not None:
+        raise NestedCaptureError(
+            f"cannot start capturing {state.name!r}: this thread is already capturing "
+            f"{current.name!r} ({current.kind}); finish that capture first (captures do not nest; "
+            "a runner whose mode does not match simply runs inside the outer capture)"
+        )
+    _local.capture = state
+
+
+def leave() -> None:
+    _local.capture = None

@@ -1,0 +1,35 @@
+"""Flattening nested containers (tuples, lists, dicts) to their array leaves, JAX-pytree style."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+
+def leaves(obj: Any) -> Iterator[Any]:
+    """Yield the non-container leaves of obj in a stable order (dicts in insertion order)."""
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from leaves(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from leaves(item)
+    else:
+        yield obj
+
+
+def array_leaves(obj: Any) -> list[tuple[str, Any]]:
+    """(path, array) for every leaf that exposes device memory (has `.data.ptr`)."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, (tuple, list)):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                walk(item, f"{path}[{key!r}]")
+        elif hasattr(node, "data") and hasattr(getattr(node, "data"), "ptr"):
+            found.append((path, node))
+
+    walk(obj, "")
+    return found

@@ -1,0 +1,90 @@
+"""GraphPool: device memory that only captured graphs use.
+
+CuPy graphs hold no reference to the memory they touch (see the capture notes). A
+GraphPool is a private CuPy ``MemoryPool`` plus the non-blocking stream that captures
+into it. Allocations made while capturing come from here, so outside code can never be
+handed memory a graph reads or writes. Several graphs may share one pool as long as they
+never run at the same time (replays on one stream never do); capturing the largest graph
+first lets the smaller ones reuse its freed temporaries, so the pool ends up near the
+size of the largest graph rather than the sum of all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any, Iterator
+
+from cgraph._gpu import require_device
+from cgraph.errors import GraphClosedError
+
+
+class GraphPool:
+    """A private memory pool and capture stream shared by graphs that never run concurrently.
+
+    The pool stays alive while any graph captured into it is alive (graphs keep a
+    reference). ``close()`` closes every graph captured into the pool, then returns the
+    pool's memory to the device.
+    """
+
+    __slots__ = ("_pool", "_stream", "_graphs", "_closed", "__weakref__")
+
+    def __init__(self) -> None:
+        cp = require_device()
+        self._pool = cp.cuda.MemoryPool()
+        # Memory freed by one capture is reusable only by allocations on the same stream
+        # (CuPy's arenas are per stream), so every capture into this pool uses this stream.
+        self._stream = cp.cuda.Stream(non_blocking=True)
+        self._graphs: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._closed = False
+
+    @property
+    def stream(self) -> Any:
+        """The non-blocking stream captures into this pool run on."""
+        self._check_open()
+        return self._stream
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def total_bytes(self) -> int:
+        """Bytes the pool holds from the device (in use plus cached)."""
+        return 0 if self._closed else int(self._pool.total_bytes())
+
+    def used_bytes(self) -> int:
+        """Bytes held by live arrays (graph outputs and kept temporaries)."""
+        return 0 if self._closed else int(self._pool.used_bytes())
+
+    @contextlib.contextmanager
+    def allocating(self) -> Iterator[None]:
+        """Route this thread's CuPy allocations to the pool for the duration."""
+        self._check_open()
+        cp = require_device()
+        with cp.cuda.using_allocator(self._pool.malloc):
+            yield
+
+    def _register(self, graph: Any) -> None:
+        self._graphs.add(graph)
+
+    def close(self) -> None:
+        """Close every graph captured into this pool, then free the pool's memory. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for graph in list(self._graphs):
+            graph.close()
+        self._graphs.clear()
+        # A replay may still be running on any stream: wait before memory goes back.
+        require_device().cuda.Device().synchronize()
+        self._pool.free_all_blocks()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GraphClosedError(
+                "this GraphPool was closed; create a new GraphPool() and capture again"
+            )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.total_bytes() / 2**20:.1f} MiB"
+        return f"GraphPool({state}, graphs={len(self._graphs)})"
