@@ -1,0 +1,287 @@
+"""Breakable captures: segments, eager breaks, the decorator and BreakableRunner on a device."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tests._gpu_helpers import poison, rand
+
+pytestmark = pytest.mark.gpu
+
+cp = pytest.importorskip("cupy")
+
+from cgraph import BatchDescriptor, GraphMode, _state  # noqa: E402
+from cgraph.breakable import BreakableCapture, BreakableRunner, eager_break  # noqa: E402
+from cgraph.callbacks import host_callback  # noqa: E402
+from cgraph.capture import capture  # noqa: E402
+from cgraph.errors import NestedCaptureError  # noqa: E402
+from cgraph.runner import capture_phase  # noqa: E402
+
+BREAK_CALLS = []
+
+
+@eager_break
+def double_in_place(x):
+    BREAK_CALLS.append(1)
+    x *= 2
+
+
+def test_no_break_gives_one_graph():
+    x = rand(cp, 8)
+    with BreakableCapture() as cap:
+        x += 1
+        x *= 3
+    assert [s.kind for s in cap.segments] == ["graph"]
+    assert repr(cap) == "BreakableCapture(graphs=1, eager_breaks=0)"
+    x[...] = 4
+    cap.replay()
+    np.testing.assert_allclose(x.get(), 15)
+    cap.close()
+
+
+def test_two_breaks_order_and_single_capture_call():
+    x = rand(cp, 8)
+    BREAK_CALLS.clear()
+    with BreakableCapture() as cap:
+        x += 1
+        double_in_place(x)
+        x += 2
+        double_in_place(x)
+        x += 3
+    assert [s.kind for s in cap.segments] == ["graph", "eager", "graph", "eager", "graph"]
+    assert len(BREAK_CALLS) == 2  # each break ran once at capture
+    assert repr(cap) == "BreakableCapture(graphs=3, eager_breaks=2)"
+    assert all(s.nodes > 0 for s in cap.segments if s.kind == "graph")
+    cap.close()
+
+
+def test_numerics_of_the_issue_example():
+    x = cp.full(4, 3.0, dtype=cp.float32)
+    with BreakableCapture() as cap:
+        x += 1
+        double_in_place(x)
+        x += 5
+    # The graph parts did not run during capture; only the break did.
+    np.testing.assert_allclose(x.get(), 6.0)
+    for start, want in ((10.0, 27.0), (100.0, 207.0)):
+        x.fill(start)
+        cap.replay()
+        np.testing.assert_allclose(x.get(), want)
+    cap.close()
+
+
+def test_empty_segments_record_no_graph():
+    x = rand(cp, 8)
+    with BreakableCapture() as cap:
+        double_in_place(x)
+        double_in_place(x)
+        x += 1
+    assert [s.kind for s in cap.segments] == ["eager", "eager", "graph"]
+    cap.close()
+
+
+def test_nesting_raises_and_state_is_cleared():
+    with BreakableCapture() as cap:
+        with pytest.raises(NestedCaptureError):
+            BreakableCapture().__enter__()
+        with pytest.raises(NestedCaptureError):
+            capture(lambda: None)
+    assert _state.active() is None
+    cap.close()
+
+
+def test_other_thread_sees_no_active_capture():
+    seen = []
+    with BreakableCapture() as cap:
+        t = threading.Thread(target=lambda: seen.append(_state.active()))
+        t.start()
+        t.join()
+        assert _state.active() is not None
+    assert seen == [None]
+    cap.close()
+
+
+def test_exception_ends_capture_and_clears_state():
+    x = rand(cp, 8)
+    cap = BreakableCapture()
+    with pytest.raises(ZeroDivisionError):
+        with cap:
+            x += 1
+            double_in_place(x)
+            1 / 0
+    assert _state.active() is None
+    assert not cap.pool.stream.is_capturing()
+    assert cap.segments == ()
+    cp.cuda.Device().synchronize()
+    with BreakableCapture(pool=cap.pool) as again:
+        x += 1
+    x.fill(1)
+    again.replay()
+    np.testing.assert_allclose(x.get(), 2)
+    cap.pool.close()
+
+
+def test_exception_inside_a_break_ends_capture():
+    @eager_break
+    def bad(x):
+        raise RuntimeError("break failed")
+
+    x = rand(cp, 8)
+    cap = BreakableCapture()
+    with pytest.raises(RuntimeError, match="break failed"):
+        with cap:
+            x += 1
+            bad(x)
+    assert _state.active() is None and not cap.pool.stream.is_capturing()
+    cap.close()
+
+
+def test_nested_decorated_ops_make_one_break():
+    @eager_break
+    def outer(x):
+        double_in_place(x)
+        x += 1
+
+    x = rand(cp, 8)
+    with BreakableCapture() as cap:
+        x += 1
+        outer(x)
+        x += 1
+    assert [s.kind for s in cap.segments] == ["graph", "eager", "graph"]
+    x.fill(2)
+    cap.replay()
+    np.testing.assert_allclose(x.get(), ((2 + 1) * 2 + 1) + 1)
+    cap.close()
+
+
+def test_break_under_full_capture_is_captured():
+    x = rand(cp, 8)
+    BREAK_CALLS.clear()
+
+    def fn(x):
+        x += 1
+        double_in_place(x)
+        return x
+
+    g = capture(fn, x, warmup=0)
+    assert len(BREAK_CALLS) == 1
+    x.fill(10)
+    g.replay()
+    g.replay()
+    np.testing.assert_allclose(x.get(), ((10 + 1) * 2 + 1) * 2)
+    assert len(BREAK_CALLS) == 1  # replays run the captured kernels, not Python
+    g.close()
+
+
+def test_break_returning_new_array_is_an_error_unless_copied():
+    @eager_break
+    def fresh(x):
+        return x * 2
+
+    @eager_break(copy_into="out")
+    def fresh_into(x, out):
+        return x * 2
+
+    x, out = rand(cp, 8), cp.empty(8, cp.float32)
+    with pytest.raises(ValueError, match="new array"):
+        with BreakableCapture():
+            fresh(x)
+    assert _state.active() is None
+    with BreakableCapture() as cap:
+        x += 1
+        fresh_into(x, out)
+        out += 1
+    x.fill(3)
+    poison(out)
+    cap.replay()
+    np.testing.assert_allclose(out.get(), (3 + 1) * 2 + 1)
+    cap.close()
+
+
+def test_host_callback_inside_breakable_fires_per_replay():
+    hits = []
+    x = rand(cp, 8)
+    with BreakableCapture() as cap:
+        x += 1
+        host_callback(hits.append, "a")
+        double_in_place(x)
+        host_callback(hits.append, "b")
+    cp.cuda.Device().synchronize()
+    hits.clear()
+    for _ in range(3):
+        cap.replay()
+    cp.cuda.Device().synchronize()
+    assert hits == ["a", "b"] * 3
+    cap.close()
+
+
+H = 64
+
+
+def attention_like(h, a):
+    """A stand-in for attention: softmax over rows, written into the caller's buffer."""
+    e = cp.exp(h - h.max(axis=1, keepdims=True))
+    cp.divide(e, e.sum(axis=1, keepdims=True), out=a)
+
+
+attention_break = eager_break(attention_like)
+
+
+def block_chain(x, w, h, a, out, attn):
+    cp.multiply(x, w, out=h)
+    h += 0.5
+    for _ in range(3):
+        attn(h, a)
+        cp.multiply(a, w, out=h)
+        h += x
+    cp.tanh(h, out=out)
+    return out
+
+
+def test_transformer_like_chain_replays_equal_to_eager():
+    n = 48
+    x, w = rand(cp, (n, H)), rand(cp, (n, H))
+    h, a, out = (cp.empty((n, H), cp.float32) for _ in range(3))
+    with BreakableCapture() as cap:
+        block_chain(x, w, h, a, out, attention_break)
+    assert cap.num_breaks == 3 and cap.num_graphs == 4
+    for _ in range(3):
+        x[...] = rand(cp, (n, H))
+        w[...] = rand(cp, (n, H))
+        poison(out)
+        cap.replay()
+        got = out.get()
+        eager = block_chain(x, w, cp.empty_like(h), cp.empty_like(a), cp.empty_like(out), attention_like)
+        np.testing.assert_allclose(got, eager.get(), rtol=1e-6)
+    cap.close()
+
+
+def test_breakable_runner_contract_and_eager_debug_mode():
+    n = 32
+    x, w = rand(cp, (n, H)), rand(cp, (n, H))
+    h, a, out = (cp.empty((n, H), cp.float32) for _ in range(3))
+    calls = []
+
+    def fn(x, w, h, a, out):
+        calls.append(1)
+        return block_chain(x, w, h, a, out, attention_break)
+
+    runner = BreakableRunner(fn, GraphMode.PIECEWISE, name="chain")
+    debug_runner = BreakableRunner(fn, GraphMode.PIECEWISE, eager=True)
+    desc = BatchDescriptor(n)
+    with capture_phase():
+        runner.run(GraphMode.PIECEWISE, desc, x, w, h, a, out)
+    assert len(calls) == 2 and len(runner) == 1
+    assert repr(runner.entry(desc)) == "BreakableCapture(graphs=4, eager_breaks=3)"
+    for mode in (GraphMode.PIECEWISE, GraphMode.NONE):
+        x[...] = rand(cp, (n, H))
+        poison(out)
+        got = runner.run(mode, desc, x, w, h, a, out).get()
+        poison(out)
+        want = debug_runner.run(GraphMode.PIECEWISE, desc, x, w, h, a, out).get()
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert len(debug_runner) == 0
+    runner.close()
