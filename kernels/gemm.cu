@@ -1,0 +1,349 @@
+// GEMM on tensor cores: out[M, N] = a[M, K] @ w[N, K]^T (+ bias[N]), fp16/bf16 storage,
+// fp32 accumulation, inline PTX (cp.async, ldmatrix, mma.sync m16n8k16) so that it builds
+// with NVRTC anywhere.
+//
+// Three families:
+//   gemm_<dt>_<tile>_s<S>: tiled tensor-core kernel; S > 1 splits K over a thread-block
+//     cluster of S CTAs (sm_90) whose fp32 partial tiles are summed through distributed
+//     shared memory: no workspace, one launch, capturable. Needs K % 8 == 0 and 16-byte
+//     aligned a/w (the launcher checks and otherwise uses the fallback).
+//   gemv_<dt>_m<MR>: M <= MR rows; each warp streams one weight row with 16-byte loads
+//     (decode: the weights' bytes dominate).
+//   gemm_fallback_<dt>: any K, any alignment; smem tiles and fp32 FMA (slow, for odd K).
+#include "common.cuh"
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  u32 r;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(u32* r, u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+template <class D> struct Mma;
+template <> struct Mma<F16> {
+  static __device__ __forceinline__ void run(float* c, const u32* a, const u32* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+template <> struct Mma<BF16> {
+  static __device__ __forceinline__ void run(float* c, const u32* a, const u32* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define CG_HAS_CLUSTER 1
+#define CG_CLUSTER_Z(S) __cluster_dims__(1, 1, S)
+#else
+#define CG_HAS_CLUSTER 0
+#define CG_CLUSTER_Z(S)
+#endif
+
+__device__ __forceinline__ void cluster_sync_all() {
+#if CG_HAS_CLUSTER
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ float4 ld_cluster_f4(u32 local_addr, int rank) {
+  float4 v;
+#if CG_HAS_CLUSTER
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local_addr), "r"(rank));
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote) : "memory");
+#else
+  v.x = v.y = v.z = v.w = 0.f;
+#endif
+  return v;
+}
+
+// Dynamic shared memory (bytes) the tiled kernel needs; mirrored in cgraph/kernels/gemm_plan.
+template <int BM, int BN, int BK, int STAGES>
+struct TileSmem {
+  static const int PIPE = STAGES * (BM + BN) * (BK + 8) * 2;
+  static const int EPI = BM * (BN + 4) * 4;
+  static const int BYTES = PIPE > EPI ? PIPE : EPI;
+};
+
+template <class D, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, int SPLIT>
+__device__ __forceinline__ void gemm_tile_body(u16* __restrict__ out, const u16* __restrict__ A,
+                                               const u16* __restrict__ W, const u16* __restrict__ bias,
+                                               int has_bias, int M, int N, int K, int ktiles_per_split) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int LDS = BK + 8;  // +16 bytes per row: ldmatrix rows land in distinct banks
+  constexpr int NT = WARPS_M * WARPS_N * 32;
+  constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;
+  constexpr int MT = WTM / 16, NTL = WTN / 8;
+  constexpr int CH = BK / 8;
+  u16* As = reinterpret_cast<u16*>(smem_raw);
+  u16* Bs = As + STAGES * BM * LDS;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int split = (SPLIT > 1) ? (int)blockIdx.z : 0;
+  const int ktiles = (K + BK - 1) / BK;
+  const int kt0 = split * ktiles_per_split;
+  const int kt1 = min(kt0 + ktiles_per_split, ktiles);
+  const int nkt = max(kt1 - kt0, 0);
+
+  auto load_stage = [&](int stage, int kt) {
+    const int kbase = kt * BK;
+    u16* as = As + stage * BM * LDS;
+    u16* bs = Bs + stage * BN * LDS;
+#pragma unroll
+    for (int c = tid; c < BM * CH; c += NT) {
+      const int r = c / CH, kc = (c % CH) * 8;
+      const int gm = m0 + r, gk = kbase + kc;
+      const bool ok = gm < M && gk < K;
+      cp_async16(smem_addr(as + r * LDS + kc), ok ? A + (i64)gm * K + gk : A, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int c = tid; c < BN * CH; c += NT) {
+      const int r = c / CH, kc = (c % CH) * 8;
+      const int gn = n0 + r, gk = kbase + kc;
+      const bool ok = gn < N && gk < K;
+      cp_async16(smem_addr(bs + r * LDS + kc), ok ? W + (i64)gn * K + gk : W, ok ? 16 : 0);
+    }
+  };
+
+  float acc[MT][NTL][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NTL; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nkt) load_stage(s, kt0 + s);
+    cp_async_commit();
+  }
+  for (int i = 0; i < nkt; ++i) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nxt = i + STAGES - 1;
+    if (nxt < nkt) load_stage(nxt % STAGES, kt0 + nxt);
+    cp_async_commit();
+    const u16* as = As + (i % STAGES) * BM * LDS;
+    const u16* bs = Bs + (i % STAGES) * BN * LDS;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      u32 af[MT][4], bfr[NTL][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row = wm * WTM + mt * 16 + (lane & 15);
+        const int col = kk + (lane >> 4) * 8;
+        ldmatrix_x4(af[mt], smem_addr(as + row * LDS + col));
+      }
+#pragma unroll
+      for (int nt2 = 0; nt2 < NTL / 2; ++nt2) {
+        const int n = wn * WTN + nt2 * 16 + (lane & 7) + ((lane >> 4) << 3);
+        const int k = kk + ((lane >> 3) & 1) * 8;
+        u32 r[4];
+        ldmatrix_x4(r, smem_addr(bs + n * LDS + k));
+        bfr[2 * nt2][0] = r[0];
+        bfr[2 * nt2][1] = r[1];
+        bfr[2 * nt2 + 1][0] = r[2];
+        bfr[2 * nt2 + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NTL; ++nt) Mma<D>::run(acc[mt][nt], af[mt], bfr[nt]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Epilogue: fp32 tile in shared memory; with a cluster, CTA r sums rows [r*BM/S, (r+1)*BM/S)
+  // over every CTA's tile (distributed shared memory), adds the bias and stores.
+  constexpr int LDC = BN + 4;
+  float* Cs = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NTL; ++nt) {
+      const int r = wm * WTM + mt * 16 + (lane >> 2);
+      const int c = wn * WTN + nt * 8 + (lane & 3) * 2;
+      Cs[r * LDC + c] = acc[mt][nt][0];
+      Cs[r * LDC + c + 1] = acc[mt][nt][1];
+      Cs[(r + 8) * LDC + c] = acc[mt][nt][2];
+      Cs[(r + 8) * LDC + c + 1] = acc[mt][nt][3];
+    }
+  if (SPLIT > 1) cluster_sync_all(); else __syncthreads();
+  constexpr int ROWS = BM / SPLIT;
+  const bool vec_out = (N % 4) == 0;
+  for (int idx = tid; idx < ROWS * (BN / 4); idx += NT) {
+    const int r = split * ROWS + idx / (BN / 4);
+    const int c = (idx % (BN / 4)) * 4;
+    const int gm = m0 + r, gn = n0 + c;
+    float v[4];
+    if (SPLIT > 1) {
+      const u32 la = smem_addr(Cs + r * LDC + c);
+      v[0] = v[1] = v[2] = v[3] = 0.f;
+#pragma unroll
+      for (int q = 0; q < SPLIT; ++q) {
+        const float4 p = ld_cluster_f4(la, q);
+        v[0] += p.x; v[1] += p.y; v[2] += p.z; v[3] += p.w;
+      }
+    } else {
+      const float4 p = *reinterpret_cast<const float4*>(Cs + r * LDC + c);
+      v[0] = p.x; v[1] = p.y; v[2] = p.z; v[3] = p.w;
+    }
+    if (gm >= M || gn >= N) continue;
+    if (has_bias) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) if (gn + j < N) v[j] += D::to_f(bias[gn + j]);
+    }
+    u16* o = out + (i64)gm * N + gn;
+    if (vec_out) {
+      uint2 pk;
+      pk.x = (u32)D::from_f(v[0]) | ((u32)D::from_f(v[1]) << 16);
+      pk.y = (u32)D::from_f(v[2]) | ((u32)D::from_f(v[3]) << 16);
+      *reinterpret_cast<uint2*>(o) = pk;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) if (gn + j < N) o[j] = D::from_f(v[j]);
+    }
+  }
+  if (SPLIT > 1) cluster_sync_all();  // peers may still read this CTA's tile
+}
+
+#define GEMM_TILE(NAME, TAG, BM, BN, BK, WM, WN, ST, S)                                            \
+  extern "C" __global__ void __launch_bounds__(WM * WN * 32) CG_CLUSTER_Z(S)                       \
+  NAME(u16* out, const u16* a, const u16* w, const u16* bias, int has_bias, int M, int N, int K,    \
+       int ktiles_per_split) {                                                                      \
+    if (S == 1 || CG_HAS_CLUSTER)                                                                   \
+      gemm_tile_body<TAG, BM, BN, BK, WM, WN, ST, S>(out, a, w, bias, has_bias, M, N, K,            \
+                                                     ktiles_per_split);                            \
+  }
+// Tile configurations (keep in sync with cgraph/kernels/gemm_plan.py):
+//   t16:  16x64,  BK 64, 4 warps (1x4), 4 stages   (M <= 16)
+//   t64:  64x64,  BK 64, 4 warps (2x2), 4 stages   (M <= 64)
+//   t128: 128x128, BK 32, 8 warps (2x4), 4 stages  (large M)
+#define GEMM_CFGS(TAG, DT, S)                                                    \
+  GEMM_TILE(gemm_##DT##_t16_s##S, TAG, 16, 64, 64, 1, 4, 4, S)                   \
+  GEMM_TILE(gemm_##DT##_t64_s##S, TAG, 64, 64, 64, 2, 2, 4, S)                   \
+  GEMM_TILE(gemm_##DT##_t128_s##S, TAG, 128, 128, 32, 2, 4, 4, S)
+GEMM_CFGS(F16, f16, 1)
+GEMM_CFGS(F16, f16, 2)
+GEMM_CFGS(F16, f16, 4)
+GEMM_CFGS(F16, f16, 8)
+GEMM_CFGS(BF16, bf16, 1)
+GEMM_CFGS(BF16, bf16, 2)
+GEMM_CFGS(BF16, bf16, 4)
+GEMM_CFGS(BF16, bf16, 8)
+
+// ---- GEMV-like path for tiny M ------------------------------------------------------------
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+template <class D, int MR>
+__device__ __forceinline__ void gemv_body(u16* __restrict__ out, const u16* __restrict__ A,
+                                          const u16* __restrict__ W, const u16* __restrict__ bias,
+                                          int has_bias, int M, int N, int K) {
+  constexpr int U = 4;  // 16-byte weight loads in flight per lane
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const u16* wr = W + (i64)n * K;
+  float acc[MR];
+#pragma unroll
+  for (int m = 0; m < MR; ++m) acc[m] = 0.f;
+  for (int k0 = 0; k0 < K; k0 += 256 * U) {
+    uint4 wv[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * 256 + lane * 8;
+      if (k < K) wv[u] = ld_stream16(wr + k); else wv[u] = make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = k0 + u * 256 + lane * 8;
+      if (k < K) {
+        float wf[8];
+        const u16* we = reinterpret_cast<const u16*>(&wv[u]);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wf[e] = D::to_f(we[e]);
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+          if (m < M) {
+            float af[8];
+            load_f<D, 8>(A + (i64)m * K + k, af);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[m] += af[e] * wf[e];
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MR; ++m) {
+    const float v = warp_sum(acc[m]);
+    if (lane == 0 && m < M) out[(i64)m * N + n] = D::from_f(v + (has_bias ? D::to_f(bias[n]) : 0.f));
+  }
+}
+
+#define GEMV(NAME, TAG, MR)                                                                       \
+  extern "C" __global__ void __launch_bounds__(256) NAME(u16* out, const u16* a, const u16* w,    \
+                                                         const u16* bias, int has_bias, int M,    \
+                                                         int N, int K) {                          \
+    gemv_body<TAG, MR>(out, a, w, bias, has_bias, M, N, K);                                       \
+  }
+GEMV(gemv_f16_m1, F16, 1)
+GEMV(gemv_f16_m2, F16, 2)
+GEMV(gemv_f16_m4, F16, 4)
+GEMV(gemv_f16_m8, F16, 8)
+GEMV(gemv_bf16_m1, BF16, 1)
+GEMV(gemv_bf16_m2, BF16, 2)
+GEMV(gemv_bf16_m4, BF16, 4)
+GEMV(gemv_bf16_m8, BF16, 8)
+
+// ---- Fallback: any K and alignment (scalar loads, fp32 FMA) --------------------------------
+template <class D>
+__device__ __forceinline__ void gemm_fallback_body(u16* __restrict__ out, const u16* __restrict__ A,
+                                                   const u16* __restrict__ W, const u16* __restrict__ bias,
+                                                   int has_bias, int M, int N, int K) {
+  __shared__ float as[16][17];
+  __shared__ float ws[16][17];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int m = blockIdx.y * 16 + ty, n = blockIdx.x * 16 + tx;
+  float acc = 0.f;
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int am = blockIdx.y * 16 + ty, wn = blockIdx.x * 16 + ty;
+    as[ty][tx] = (am < M && k0 + tx < K) ? D::to_f(A[(i64)am * K + k0 + tx]) : 0.f;
+    ws[ty][tx] = (wn < N && k0 + tx < K) ? D::to_f(W[(i64)wn * K + k0 + tx]) : 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 16; ++kk) acc += as[ty][kk] * ws[tx][kk];
+    __syncthreads();
+  }
+  if (m < M && n < N) out[(i64)m * N + n] = D::from_f(acc + (has_bias ? D::to_f(bias[n]) : 0.f));
+}
+
+#define GEMM_FB(NAME, TAG)                                                                        \
+  extern "C" __global__ void __launch_bounds__(256) NAME(u16* out, const u16* a, const u16* w,    \
+                                                         const u16* bias, int has_bias, int M,    \
+                                                         int N, int K) {                          \
+    gemm_fallback_body<TAG>(out, a, w, bias, has_bias, M, N, K);                                  \
+  }
+GEMM_FB(gemm_fallback_f16, F16)
+GEMM_FB(gemm_fallback_bf16, BF16)

@@ -1,0 +1,49 @@
+// Rotary embedding, neox style, in place on q [T, Hq*D] and k [T, Hk*D] (rows may be
+// strided, e.g. views into a fused qkv buffer). cache fp32 [max_pos, D] = [cos | sin].
+// For pair (x1 = x[i], x2 = x[i + D/2]): x1' = x1*cos - x2*sin, x2' = x2*cos + x1*sin.
+// A position outside [0, max_pos) leaves the row untouched (padding rows).
+#include "common.cuh"
+
+template <class D, int V>
+__device__ __forceinline__ void rotary_body(const int* __restrict__ positions, typename D::T* q,
+                                            typename D::T* k, const float* __restrict__ cache,
+                                            int nq, int nk, int head, i64 q_stride, i64 k_stride,
+                                            int max_pos) {
+  typedef typename D::T T;
+  const i64 t = blockIdx.x;
+  const int p = positions[t];
+  if (p < 0 || p >= max_pos) return;
+  const int half = head / 2;
+  const int chunks = half / V;
+  const float* cs = cache + (i64)p * head;
+  const int total = (nq + nk) * chunks;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int h = idx / chunks;
+    const int c = (idx - h * chunks) * V;
+    T* base = h < nq ? q + t * q_stride + (i64)h * head : k + t * k_stride + (i64)(h - nq) * head;
+    float x1[V], x2[V];
+    load_f<D, V>(base + c, x1);
+    load_f<D, V>(base + half + c, x2);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float co = cs[c + j], si = cs[half + c + j];
+      const float a = x1[j], b = x2[j];
+      x1[j] = a * co - b * si;
+      x2[j] = b * co + a * si;
+    }
+    store_f<D, V>(base + c, x1);
+    store_f<D, V>(base + half + c, x2);
+  }
+}
+
+#define ROT(NAME, TAG, V)                                                                           \
+  extern "C" __global__ void NAME(const int* positions, TAG::T* q, TAG::T* k, const float* cache,   \
+                                  int nq, int nk, int head, i64 q_stride, i64 k_stride, int max_pos) { \
+    rotary_body<TAG, V>(positions, q, k, cache, nq, nk, head, q_stride, k_stride, max_pos);         \
+  }
+ROT(rotary_f16_v8, F16, 8)
+ROT(rotary_f16_v1, F16, 1)
+ROT(rotary_bf16_v8, BF16, 8)
+ROT(rotary_bf16_v1, BF16, 1)
+ROT(rotary_f32_v4, F32, 4)
+ROT(rotary_f32_v1, F32, 1)
