@@ -139,3 +139,47 @@ def test_random_workloads_complete_within_budgets(seqs, extra, lens, seed):
     for rid, out in s.finished.items():
         assert tuple(fed[rid]) == out
     assert alloc.num_free == 40 and not s.has_work
+
+
+def test_step_summary_counts_hits_padding_and_percentiles():
+    from cgraph.engine.stats import StepRecord, summarize
+
+    rng = np.random.default_rng()
+    steps, hits, real, padded = [], 0, 0, 0
+    for _ in range(50):
+        uniform = bool(rng.integers(0, 2))
+        mode = ["none", "full", "piecewise"][int(rng.integers(0, 3))]
+        n = int(rng.integers(1, 100))
+        p = n if mode == "none" else n + int(rng.integers(0, 8))
+        steps.append(StepRecord(mode, uniform, n, p, min(n, 4), float(rng.uniform(1e-4, 1e-2))))
+        hits += mode != "none"
+        real, padded = real + n, padded + p
+    s = summarize(steps, generated_tokens=1234)
+    assert s["tokens_per_s"] == pytest.approx(1234 / sum(x.seconds for x in steps))
+    assert s["graph_hit_rate"] == pytest.approx(hits / 50)
+    assert s["padding_waste"] == pytest.approx((padded - real) / padded)
+    dec = sorted(x.seconds * 1e3 for x in steps if x.uniform)
+    assert s["decode_p50_ms"] == pytest.approx(float(np.median(dec)))
+    assert dec[0] <= s["decode_p50_ms"] <= s["decode_p99_ms"] <= dec[-1]
+    assert s["decode_steps"] + s["mixed_steps"] == 50
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([], 0)
+
+
+def test_synthetic_workload_plan_matches_a_scheduler_run():
+    from cgraph.engine.workload import plan_batches, synthetic_requests
+
+    seed = int(np.random.default_rng().integers(1 << 30))
+    reqs = synthetic_requests(20, max_prompt=60, new_tokens=5, vocab_size=300, seed=seed)
+    assert reqs == synthetic_requests(20, max_prompt=60, new_tokens=5, vocab_size=300, seed=seed)
+    assert all(1 <= len(r.prompt) <= 60 and max(r.prompt) < 300 for r in reqs)
+    plan = plan_batches(reqs, max_num_seqs=6, max_num_batched_tokens=80)
+    s = _sched(seqs=6, tokens=80, blocks=6 * 64)
+    for r in reqs:
+        s.add(r)
+    batches, _ = _run_to_end(s, np.random.default_rng())
+    assert plan == [(b.num_tokens, b.uniform_decode) for b in batches]
+    assert sum(n for n, _ in plan) == sum(len(r.prompt) + 4 for r in reqs)
+    assert any(u for _, u in plan) and any(not u for _, u in plan)
+    with pytest.raises(ValueError, match="max_prompt"):
+        synthetic_requests(3, max_prompt=0, new_tokens=1, vocab_size=10)

@@ -1,0 +1,263 @@
+"""Benchmark: one decode step of an 8-layer, hidden-1024 Llama at batch 1, 8, 32, 128.
+
+`python -m cgraph.bench.decode` measures, side by side in one process on one GPU:
+- cgraph NONE (eager kernel launches), FULL (one graph, decode attention path) and
+  PIECEWISE (graph segments with attention as the eager break);
+- the physical floor: (weight bytes + KV bytes read) / copy bandwidth, the bandwidth
+  measured in the same run as (bytes read + bytes written) / time of a 1 GiB copy;
+- PyTorch on the same device, same architecture and weights: plain torch ops, eager and
+  captured with torch.cuda.CUDAGraph (paged KV gathered per layer, then
+  scaled_dot_product_attention with a length mask).
+
+A step's time is the median over rounds of (time of `iters` back-to-back steps) / iters,
+timed with device events; every sequence decodes at position `--context` (so each step
+reads context + 1 keys per sequence per layer). Results go to notebooks/results/decode.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any, Callable
+
+import numpy as np
+
+from cgraph.bench._report import write_results
+from cgraph.config import GraphConfig
+from cgraph.descriptors import BatchDescriptor
+from cgraph.engine.metadata import BLOCK_SIZE, build_metadata, num_blocks_for
+from cgraph.engine.scheduler import ScheduledBatch, ScheduledSeq
+from cgraph.models.config import LlamaConfig
+from cgraph.models.weights import init_weights
+from cgraph.modes import GraphMode
+
+BENCH_MODEL = LlamaConfig(num_layers=8, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=64,
+                          intermediate_size=2816, vocab_size=32000, max_seq_len=1024)
+
+
+def time_steps(cp: Any, fn: Callable[[], Any], iters: int, rounds: int) -> float:
+    """Median seconds per call of fn over `rounds` rounds of `iters` back-to-back calls."""
+    for _ in range(3):
+        fn()
+    cp.cuda.get_current_stream().synchronize()
+    samples = []
+    for _ in range(rounds):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(cp.cuda.get_elapsed_time(start, end) / 1e3 / iters)
+    return statistics.median(samples)
+
+
+def copy_bandwidth(cp: Any, nbytes: int = 1 << 30) -> float:
+    """Device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    src = cp.random.random(nbytes // 4, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    t = time_steps(cp, lambda: cp.copyto(dst, src), iters=10, rounds=5)
+    return 2 * nbytes / t
+
+
+def decode_batch(batch: int, context: int, rng: np.random.Generator) -> ScheduledBatch:
+    """A uniform decode batch: every sequence at position `context`, distinct random blocks."""
+    per = num_blocks_for(context + 1, BLOCK_SIZE)
+    blocks = rng.permutation(batch * per).reshape(batch, per)
+    seqs = tuple(ScheduledSeq(i, (int(rng.integers(0, BENCH_MODEL.vocab_size)),), context,
+                              tuple(int(b) for b in blocks[i])) for i in range(batch))
+    return ScheduledBatch(seqs, batch)
+
+
+class TorchLlama:
+    """The same decoder in plain torch ops (imported only here), for eager and CUDAGraph timing."""
+
+    def __init__(self, cfg: LlamaConfig, w: dict, num_blocks: int) -> None:
+        import torch
+
+        self.torch, self.cfg = torch, cfg
+        dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).cuda()  # noqa: E731
+        self.embed = dev(w["model.embed_tokens.weight"])
+        self.lm_head = dev(w["lm_head.weight"])
+        self.norm = dev(w["model.norm.weight"])
+        self.layers = []
+        for n in range(cfg.num_layers):
+            p = f"model.layers.{n}."
+            qkv = np.concatenate([w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"],
+                                  w[p + "self_attn.v_proj.weight"]])
+            gu = np.concatenate([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
+            self.layers.append((dev(w[p + "input_layernorm.weight"]), dev(qkv),
+                                dev(w[p + "self_attn.o_proj.weight"]),
+                                dev(w[p + "post_attention_layernorm.weight"]), dev(gu),
+                                dev(w[p + "mlp.down_proj.weight"])))
+        d = cfg.head_dim
+        inv = 1.0 / (cfg.rope_base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * inv[None, :]
+        self.cos, self.sin = ang.cos().float().cuda(), ang.sin().float().cuda()
+        shape = (num_blocks, BLOCK_SIZE, cfg.num_kv_heads, d)
+        self.kv = [(torch.randn(shape, dtype=torch.float16, device="cuda"),
+                    torch.randn(shape, dtype=torch.float16, device="cuda")) for _ in range(cfg.num_layers)]
+
+    def _rms(self, x: Any, g: Any) -> Any:
+        xf = x.float()
+        return (xf * self.torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.rms_eps)).half() * g
+
+    def _rope(self, x: Any, pos: Any) -> Any:
+        half = self.cfg.head_dim // 2
+        c, s = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        a, b = x[..., :half].float(), x[..., half:].float()
+        return self.torch.cat([a * c - b * s, b * c + a * s], -1).half()
+
+    def step(self, ids: Any, pos: Any, slots: Any, tables: Any, lens: Any) -> Any:
+        """Decode step for B sequences (one token each); returns greedy ids [B]."""
+        torch, cfg = self.torch, self.cfg
+        F = torch.nn.functional
+        b, hq, hkv, d = ids.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        keys = tables.shape[1] * BLOCK_SIZE
+        mask = (torch.arange(keys, device=ids.device)[None, :] < lens[:, None])[:, None, None, :]
+        x = self.embed[ids]
+        for (n_in, wqkv, wo, n_post, wgu, wdown), (kc, vc) in zip(self.layers, self.kv):
+            h = self._rms(x, n_in)
+            q, k, v = (h @ wqkv.T).split([hq * d, hkv * d, hkv * d], -1)
+            q, k = self._rope(q.reshape(b, hq, d), pos), self._rope(k.reshape(b, hkv, d), pos)
+            kc.view(-1, hkv, d).index_copy_(0, slots, k)
+            vc.view(-1, hkv, d).index_copy_(0, slots, v.reshape(b, hkv, d))
+            kk = kc[tables].reshape(b, keys, hkv, d).transpose(1, 2)
+            vv = vc[tables].reshape(b, keys, hkv, d).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q[:, :, None, :], kk, vv, attn_mask=mask, enable_gqa=True)
+            x = x + o.reshape(b, hq * d) @ wo.T
+            h = self._rms(x, n_post)
+            g, u = (h @ wgu.T).chunk(2, -1)
+            x = x + (F.silu(g) * u) @ wdown.T
+        return (self._rms(x, self.norm) @ self.lm_head.T).argmax(-1)
+
+
+def bench_torch(cfg: LlamaConfig, w: dict, meta_by_batch: dict, num_blocks: int, iters: int,
+                rounds: int) -> dict[int, tuple[float, float]]:
+    """(eager seconds, graphed seconds) per batch size, timed with torch events."""
+    import torch
+
+    model = TorchLlama(cfg, w, num_blocks)
+    out = {}
+
+    def timed(fn):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(rounds):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(iters):
+                fn()
+            e.record()
+            e.synchronize()
+            samples.append(s.elapsed_time(e) / 1e3 / iters)
+        return statistics.median(samples)
+
+    with torch.inference_mode():
+        for batch, m in meta_by_batch.items():
+            t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long().cuda()  # noqa: E731
+            args = (t(m.input_ids), t(m.positions), t(m.slot_mapping), t(m.block_tables), t(m.seq_lens))
+            eager = timed(lambda: model.step(*args))
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    model.step(*args)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                model.step(*args)
+            graphed = timed(graph.replay)
+            out[batch] = (eager, graphed)
+            del graph
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,8,32,128")
+    ap.add_argument("--context", type=int, default=512, help="KV entries before the decoded token")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    from cgraph._gpu import require_device
+    from cgraph.engine.engine import Engine
+    from cgraph.models.llama import LlamaModel
+
+    cp = require_device()
+    cfg = BENCH_MODEL
+    batches = [int(b) for b in a.batches.split(",")]
+    rng = np.random.default_rng(a.seed)
+    w = init_weights(cfg, a.seed)
+    model = LlamaModel(cfg, w)
+    top = max(batches)
+    per_seq = num_blocks_for(a.context + 1, BLOCK_SIZE)
+    gcfg = GraphConfig("full_and_piecewise", capture_sizes=batches, max_num_seqs=top,
+                       max_num_batched_tokens=top)
+    bw = copy_bandwidth(cp)
+    rows, meta_by_batch = [], {}
+    with Engine(model, gcfg, num_kv_blocks=top * per_seq) as eng:
+        for k_cache, v_cache in eng.kv_cache:  # random keys and values: real data, not zeros
+            k_cache[...] = cp.random.standard_normal(k_cache.shape, dtype=cp.float32).astype(cfg.dtype)
+            v_cache[...] = cp.random.standard_normal(v_cache.shape, dtype=cp.float32).astype(cfg.dtype)
+        eng.capture(progress=False)
+        for batch in batches:
+            sb = decode_batch(batch, a.context, rng)
+            meta = build_metadata(sb, num_tokens=batch, num_seqs=batch, max_blocks=eng.max_blocks)
+            meta_by_batch[batch] = build_metadata(sb, num_tokens=batch, num_seqs=batch, max_blocks=per_seq)
+            eng._copy_in(meta)
+            full_desc = BatchDescriptor(batch, batch, True)
+            piece_desc = full_desc.relax_for_mixed()
+            t_none = time_steps(cp, lambda: eng._step(batch, batch, 1), a.iters, a.rounds)
+            t_full = time_steps(cp, lambda: eng.full.run(GraphMode.FULL, full_desc, batch, batch, 1),
+                                a.iters, a.rounds)
+            t_piece = time_steps(cp, lambda: eng.piecewise.run(GraphMode.PIECEWISE, piece_desc, batch,
+                                                               batch, batch), a.iters, a.rounds)
+            # same greedy tokens from all three (one more call each on the same inputs)
+            toks = [f().get()[:batch].tolist() for f in (
+                lambda: eng._step(batch, batch, 1),
+                lambda: eng.full.run(GraphMode.FULL, full_desc, batch, batch, 1),
+                lambda: eng.piecewise.run(GraphMode.PIECEWISE, piece_desc, batch, batch, batch))]
+            kv_bytes = batch * (a.context + 1) * cfg.num_layers * 2 * cfg.kv_size * 2
+            floor = (model.weight_bytes + kv_bytes) / bw
+            rows.append({"batch": batch, "none_us": t_none * 1e6, "full_us": t_full * 1e6,
+                         "piecewise_us": t_piece * 1e6, "none/full": t_none / t_full,
+                         "floor_us": floor * 1e6, "full/floor": t_full / floor,
+                         "same_tokens": toks[0] == toks[1] == toks[2]})
+    torch_note = "torch not measured (--no-torch)"
+    if not a.no_torch:
+        try:
+            res = bench_torch(cfg, w, meta_by_batch, top * per_seq, a.iters, a.rounds)
+            import torch
+
+            torch_note = f"torch {torch.__version__}"
+            for r in rows:
+                eager, graphed = res[r["batch"]]
+                r.update({"torch_eager_us": eager * 1e6, "torch_graph_us": graphed * 1e6,
+                          "full/torch_graph": r["full_us"] / (graphed * 1e6)})
+        except Exception as exc:  # noqa: BLE001 - report why torch could not be measured
+            torch_note = f"torch not measured: {type(exc).__name__}: {exc}"
+    notes = [
+        f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads / "
+        f"{cfg.num_kv_heads} KV heads x {cfg.head_dim}, intermediate {cfg.intermediate_size}, "
+        f"vocab {cfg.vocab_size}, float16; weights read per step {model.weight_bytes / 2**20:.1f} MiB",
+        f"every sequence decodes at position {a.context} (reads {a.context + 1} keys per layer)",
+        f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write of a 1 GiB device copy, same run); "
+        "floor = (weight bytes + KV bytes read) / copy bandwidth",
+        f"step time: median over {a.rounds} rounds of {a.iters} back-to-back steps, device events",
+        "PIECEWISE runs the mixed-batch graph (attention eager between segments, general path)",
+        torch_note + "; torch attention gathers the paged KV per layer then runs "
+        "scaled_dot_product_attention with a length mask (fused qkv and gate/up matmuls, cuBLAS)",
+    ]
+    cols = ["batch", "none_us", "piecewise_us", "full_us", "none/full", "floor_us", "full/floor",
+            "torch_eager_us", "torch_graph_us", "full/torch_graph", "same_tokens"]
+    write_results("decode", rows, title="Decode step: cgraph NONE / PIECEWISE / FULL vs floor and torch",
+                  notes=notes, columns=cols, extra={"copy_bandwidth_Bps": bw, "context": a.context})
+
+
+if __name__ == "__main__":
+    main()

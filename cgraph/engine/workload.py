@@ -1,0 +1,46 @@
+"""Synthetic workloads and their batch plan (pure; no CuPy).
+
+The batch shapes a workload produces do not depend on the sampled token values, so the
+scheduler can be run on the host alone to list every step's (num_tokens, uniform
+decode) pair: the input of `cgraph.dispatch` and of `cgraph.padding_report`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from cgraph.engine.metadata import BLOCK_SIZE, BlockAllocator, num_blocks_for
+from cgraph.engine.scheduler import Request, Scheduler
+
+
+def synthetic_requests(num_requests: int, *, max_prompt: int, new_tokens: int, vocab_size: int,
+                       seed: int = 0, min_prompt: int = 1) -> list[Request]:
+    """Requests with prompt lengths uniform in [min_prompt, max_prompt] and random token ids."""
+    if num_requests < 1 or not 1 <= min_prompt <= max_prompt or new_tokens < 1 or vocab_size < 1:
+        raise ValueError(f"synthetic_requests(num_requests={num_requests}, min_prompt={min_prompt}, "
+                         f"max_prompt={max_prompt}, new_tokens={new_tokens}, vocab_size={vocab_size}): "
+                         "expected positive counts and 1 <= min_prompt <= max_prompt")
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(min_prompt, max_prompt + 1, size=num_requests)
+    return [Request(i, rng.integers(0, vocab_size, size=int(n)), max_new_tokens=new_tokens)
+            for i, n in enumerate(lens)]
+
+
+def plan_batches(requests: Sequence[Request], *, max_num_seqs: int, max_num_batched_tokens: int,
+                 num_kv_blocks: int | None = None, max_seq_len: int = 1024) -> list[tuple[int, bool]]:
+    """(num_tokens, uniform_decode) of every step the engine's scheduler would run.
+
+    num_kv_blocks defaults to the engine's: max_num_seqs sequences of max_seq_len tokens.
+    """
+    blocks = num_kv_blocks or max_num_seqs * num_blocks_for(max_seq_len, BLOCK_SIZE)
+    sched = Scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                      allocator=BlockAllocator(blocks, BLOCK_SIZE))
+    for r in requests:
+        sched.add(r)
+    plan = []
+    while (batch := sched.schedule()) is not None:
+        plan.append((batch.num_tokens, batch.uniform_decode))
+        sched.update(batch, [0] * len(batch.seqs))
+    return plan
