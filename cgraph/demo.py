@@ -1,0 +1,207 @@
+"""`python -m cgraph.demo`: how a serving workload would use CUDA graphs, per graph mode.
+
+The demo builds a synthetic workload (requests with random prompt lengths, each
+generating a fixed number of tokens), runs a small continuous-batching schedule over
+it, and dispatches every step's batch under each graph mode. It prints, per mode, which
+graph each batch size hits, the hit rate and the padding waste.
+
+On a machine with a CUDA GPU (and without --no-gpu) it hands over to the GPU demo
+(cgraph.engine.demo_gpu), which runs the workload on a small decoder model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from typing import Sequence
+
+import attrs
+
+from cgraph.config import GraphConfig
+from cgraph.dispatch import build_dispatch_table
+from cgraph.modes import GraphMode
+from cgraph.padding import PaddingReport, padding_report
+from cgraph.sizes import padded_tokens, suggest_capture_sizes
+
+ALL_MODES = (GraphMode.NONE, GraphMode.PIECEWISE, GraphMode.FULL,
+             GraphMode.FULL_DECODE_ONLY, GraphMode.FULL_AND_PIECEWISE)
+
+
+@attrs.frozen
+class Step:
+    """One scheduler step: its batch of tokens and whether it is a uniform decode."""
+
+    num_tokens: int
+    num_reqs: int
+    uniform: bool
+
+
+def simulate_steps(
+    requests: int, max_prompt: int, new_tokens: int, max_num_seqs: int,
+    max_num_batched_tokens: int, seed: int = 0,
+) -> list[Step]:
+    """A deterministic continuous-batching schedule of a synthetic workload.
+
+    Request i arrives at a random step in [0, requests) with a prompt of 1..max_prompt
+    tokens and generates ``new_tokens`` tokens: its last prefill step samples the first,
+    each later step decodes one more. Every step first decodes all running requests, then
+    continues or admits prefills (chunked to fit) while there is token budget and a free
+    sequence slot. A step is a uniform decode when it only decodes.
+    """
+    rng = random.Random(seed)
+    arrivals = sorted((rng.randrange(max(requests, 1)), rng.randint(1, max_prompt))
+                      for _ in range(requests))
+    waiting = list(arrivals)
+    prefilling: list[list[int]] = []  # [prompt tokens left]
+    decoding: list[list[int]] = []  # [tokens left to generate]
+    steps: list[Step] = []
+    clock = 0
+    while waiting or prefilling or decoding:
+        budget = max_num_batched_tokens
+        num_reqs = 0
+        for req in decoding[:budget]:
+            req[0] -= 1
+            budget -= 1
+            num_reqs += 1
+        only_decode = num_reqs > 0
+        while budget > 0 and (prefilling or (waiting and waiting[0][0] <= clock
+                                             and len(decoding) + len(prefilling) < max_num_seqs)):
+            if not prefilling:
+                prefilling.append([waiting.pop(0)[1]])
+            req = prefilling[0]
+            chunk = min(req[0], budget)
+            req[0] -= chunk
+            budget -= chunk
+            num_reqs += 1
+            only_decode = False
+            if req[0] == 0:
+                prefilling.pop(0)
+                if new_tokens > 1:
+                    decoding.append([new_tokens - 1])
+            else:
+                break  # a partly prefilled request resumes next step
+        decoding = [r for r in decoding if r[0] > 0]
+        used = max_num_batched_tokens - budget
+        if used:
+            steps.append(Step(used, num_reqs, only_decode))
+        clock += 1
+    return steps
+
+
+def _histogram_line(report: PaddingReport, mode: GraphMode, limit: int = 10) -> str:
+    hits = [g for g in report.graphs if g.mode is mode]
+    if not hits:
+        return "-"
+    parts = [f"{g.descriptor.num_tokens}{'u' if g.descriptor.uniform else ''}x{g.batches}"
+             for g in hits[:limit]]
+    if len(hits) > limit:
+        parts.append(f"... (+{len(hits) - limit} graphs)")
+    return " ".join(parts)
+
+
+def print_plan(args: argparse.Namespace, out=sys.stdout) -> dict[GraphMode, PaddingReport]:
+    """Simulate the workload and print each mode's dispatch plan; return the reports."""
+    steps = simulate_steps(args.requests, args.max_prompt, args.new_tokens, args.max_num_seqs,
+                           args.max_num_batched_tokens, args.seed)
+    batches = [(s.num_tokens, s.uniform) for s in steps]
+    uniform = sum(s.uniform for s in steps)
+    tokens = sum(s.num_tokens for s in steps)
+    print(f"Workload: {args.requests} requests, prompts 1..{args.max_prompt} tokens, "
+          f"{args.new_tokens} new tokens each, max_num_seqs={args.max_num_seqs}, "
+          f"max_num_batched_tokens={args.max_num_batched_tokens}", file=out)
+    print(f"  {len(steps)} steps ({uniform} uniform decode, {len(steps) - uniform} prefill/mixed), "
+          f"{tokens} real tokens", file=out)
+    reports = {}
+    cfg = None
+    for mode in args.modes:
+        cfg = GraphConfig(mode, max_num_seqs=args.max_num_seqs,
+                          max_num_batched_tokens=args.max_num_batched_tokens)
+        table = build_dispatch_table(cfg)
+        report = padding_report(table, batches)
+        reports[mode] = report
+        print(f"\n{mode.name}: {len(cfg.capture_sizes)} capture sizes up to {cfg.max_capture_size}; "
+              f"{len(table.full_keys)} FULL + {len(table.piecewise_keys)} PIECEWISE graphs", file=out)
+        print(f"  hit rate {report.hit_rate:.1%} of {report.batches} batches; padding waste "
+              f"{report.waste_ratio:.2%} ({report.padded_tokens - report.real_tokens} of "
+              f"{report.padded_tokens} computed tokens)", file=out)
+        for rmode in (GraphMode.FULL, GraphMode.PIECEWISE, GraphMode.NONE):
+            usage = report[rmode]
+            line = (_histogram_line(report, rmode) if rmode is not GraphMode.NONE
+                    else f"{usage.batches} batches run eagerly")
+            print(f"  {rmode.name:<9} {usage.batches:>5} batches, waste {usage.waste_ratio:6.2%}  "
+                  f"{line}", file=out)
+    print("\n  (graph hits read SIZE[u]xBATCHES: padded size, u = uniform decode graph)", file=out)
+    if cfg is not None:
+        _print_suggestion(cfg, steps, out)
+    print("\nA GPU run (on a CUDA machine, without --no-gpu) hands over to "
+          "cgraph.engine.demo_gpu, which runs this workload on a small decoder "
+          f"({args.layers} layers, hidden {args.hidden}) with these graphs captured and "
+          "replayed, instead of only planning them.", file=out)
+    return reports
+
+
+def _print_suggestion(cfg: GraphConfig, steps: Sequence[Step], out) -> None:
+    observed = [s.num_tokens for s in steps if s.num_tokens <= cfg.max_capture_size]
+    if not observed:
+        return
+    # The default sizes this workload can reach, against as many tuned ones.
+    fitted = [s for s in cfg.capture_sizes if s <= cfg.pad(max(observed))]
+    graphs = len(fitted)
+    tuned = suggest_capture_sizes(observed, graphs)
+    real = sum(observed)
+    print(f"\nsuggest_capture_sizes, {graphs} sizes for this workload's batches <= "
+          f"{cfg.max_capture_size}: {list(tuned)}", file=out)
+    print(f"  padding waste there: default sizes {1 - real / padded_tokens(fitted, observed):.2%} "
+          f"({len(fitted)} sizes), suggested {1 - real / padded_tokens(tuned, observed):.2%} "
+          f"({len(tuned)} sizes)", file=out)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cgraph.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64, help="requests in the workload")
+    parser.add_argument("--max-prompt", type=int, default=512, help="longest prompt (tokens)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per request")
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="requests per step")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per step")
+    parser.add_argument("--modes", default=",".join(m.value for m in ALL_MODES),
+                        help="comma-separated graph modes (default: all five)")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers (GPU run)")
+    parser.add_argument("--hidden", type=int, default=512, help="hidden size (GPU run)")
+    parser.add_argument("--seed", type=int, default=0, help="workload and weights seed")
+    parser.add_argument("--no-gpu", action="store_true", help="print the dispatch plan only")
+    args = parser.parse_args(argv)
+    try:
+        args.modes = [GraphMode.parse(m) for m in args.modes.split(",") if m.strip()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.modes:
+        parser.error("--modes is empty; pass e.g. --modes full,piecewise")
+    for name in ("requests", "max_prompt", "new_tokens", "max_num_seqs", "max_num_batched_tokens",
+                 "layers", "hidden"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.no_gpu:
+        from cgraph._gpu import gpu_available
+
+        if gpu_available():
+            try:
+                from cgraph.engine.demo_gpu import run_gpu_demo
+            except ImportError as exc:
+                print_plan(args)
+                print(f"\nThe GPU demo is not available yet ({exc}); showing the dispatch plan only.")
+                return 0
+            result = run_gpu_demo(args)
+            return result if isinstance(result, int) else 0
+        print("No usable CUDA GPU: showing the dispatch plan only.\n")
+    print_plan(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
