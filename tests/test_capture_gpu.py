@@ -264,3 +264,21 @@ def test_two_threads_capture_on_their_own_streams():
 
 def test_public_names_resolve_lazily():
     assert cgraph.capture is capture and cgraph.GraphPool is GraphPool
+
+
+def test_rebind_points_the_graph_at_new_buffers():
+    pytest.importorskip("cuda.bindings")
+    from cgraph.rebind import rebind
+
+    n = 300
+    x1, w1, o1 = rand(cp, n), rand(cp, n), cp.empty(n, cp.float32)
+    x2, w2, o2 = rand(cp, n), rand(cp, n), cp.empty(n, cp.float32)
+    g = capture(model, x1, w1, o1)
+    seconds = rebind(g, x2, w2, o2)
+    assert seconds > 0 and g.outputs is o2
+    poison(o1)
+    poison(o2)
+    g.replay()
+    np.testing.assert_allclose(o2.get(), reference(x2, w2), rtol=2e-5, atol=1e-4)
+    assert np.isnan(o1.get()).all()  # the old buffers are no longer touched
+    g.close()
