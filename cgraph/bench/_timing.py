@@ -1,44 +1,45 @@
-"""Host-time measurement helpers shared by the benchmarks."""
+"""Time measurement helpers shared by the benchmarks.
+
+Paths that are compared are measured interleaved, round by round, so drift in clocks or
+host load hits every path alike; each figure is the median over rounds.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
-def host_us_per_call(call: Callable[[], Any], sync: Callable[[], Any], *, batch: int = 200,
-                     batches: int = 60, warm: int = 3) -> float:
-    """Median host microseconds per call: `batch` calls timed back to back, syncing between batches.
+def host_us(calls: Mapping[str, Callable[[], Any]], sync: Callable[[], Any], *, batch: int = 100,
+            rounds: int = 60, warm: int = 3) -> dict[str, float]:
+    """Median host microseconds per call for each path: `batch` calls back to back, synced between.
 
-    Batches stay well under the driver's launch queue, so launches never block on the GPU
-    and the figure is the host cost of issuing work.
+    Batches stay well under the driver's launch queue, so launches never wait for the GPU
+    and the figure is the host cost of issuing the work.
     """
-    for _ in range(warm):
-        for _ in range(batch):
-            call()
-        sync()
-    samples = []
-    for _ in range(batches):
-        t0 = time.perf_counter_ns()
-        for _ in range(batch):
-            call()
-        samples.append((time.perf_counter_ns() - t0) / batch / 1e3)
-        sync()
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(warm + rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(batch):
+                call()
+            elapsed = (time.perf_counter_ns() - t0) / batch / 1e3
+            sync()
+            if r >= warm:
+                samples[name].append(elapsed)
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def device_us_per_call(call: Callable[[], Any], cp: Any, *, reps: int = 50, warm: int = 5) -> float:
-    """Median wall microseconds per call including the GPU (events around each call)."""
-    for _ in range(warm):
-        call()
-    cp.cuda.Device().synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    samples = []
-    for _ in range(reps):
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        samples.append(cp.cuda.get_elapsed_time(start, end) * 1e3)
-    return statistics.median(samples)
+def wall_us(calls: Mapping[str, Callable[[], Any]], sync: Callable[[], Any], *, rounds: int = 200,
+            warm: int = 10) -> dict[str, float]:
+    """Median wall microseconds of one call followed by a sync, for each path (interleaved)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(warm + rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter_ns()
+            call()
+            sync()
+            if r >= warm:
+                samples[name].append((time.perf_counter_ns() - t0) / 1e3)
+    return {name: statistics.median(s) for name, s in samples.items()}

@@ -21,7 +21,7 @@ import numpy as np
 from cgraph import GraphConfig, GraphMode, build_dispatch_table, dispatch
 from cgraph._gpu import require_device
 from cgraph.bench._report import write_results
-from cgraph.bench._timing import host_us_per_call
+from cgraph.bench._timing import host_us
 
 _SRC = r"""
 extern "C" __global__ void bump(float* x, float a, int n) {
@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     with cp.cuda.Stream(non_blocking=True) as run_stream:
-        bare_us = host_us_per_call(lambda: bare.launch(run_stream), sync)
         g = capture(one_kernel, x)
-        replay_us = host_us_per_call(g.replay, sync)
-
         cfg = GraphConfig(GraphMode.FULL, max_num_seqs=256)
         table = build_dispatch_table(cfg)
         runner = GraphRunner(one_kernel, GraphMode.FULL, name="one_kernel")
@@ -72,16 +69,20 @@ def main(argv: list[str] | None = None) -> None:
             m, d = dispatch(table, 5)
             runner.run(m, d, x)
 
-        runner_us = host_us_per_call(step, sync)
-        torch_us = _torch_wrapper_us(cp, bump, x, sync)
-
-    rows.append({"path": "bare cupy Graph.launch", "host_us": bare_us, "minus_bare_us": 0.0})
-    rows.append({"path": "CapturedGraph.replay", "host_us": replay_us, "minus_bare_us": replay_us - bare_us})
-    rows.append({"path": "runner step (dispatch + run)", "host_us": runner_us,
-                 "minus_bare_us": runner_us - bare_us})
-    if torch_us is not None:
-        rows.append({"path": "torch CUDAGraph.replay behind vLLM-style wrapper", "host_us": torch_us,
-                     "minus_bare_us": torch_us - bare_us})
+        paths = {
+            "bare cupy Graph.launch": bare.launch,
+            "CapturedGraph.replay": g.replay,
+            "runner step (dispatch + run)": step,
+        }
+        torch_call = _torch_wrapper(cp, bump, x)
+        if torch_call is not None:
+            paths["torch CUDAGraph.replay behind vLLM-style wrapper"] = torch_call
+        timings = host_us(paths, sync)
+    bare_us = timings["bare cupy Graph.launch"]
+    runner_us = timings["runner step (dispatch + run)"]
+    torch_us = timings.get("torch CUDAGraph.replay behind vLLM-style wrapper")
+    for path, us in timings.items():
+        rows.append({"path": path, "host_us": us, "minus_bare_us": us - bare_us})
 
     capture_rows, extra = _capture_costs(cp, capture, GraphPool, GraphRunner, capture_all, table, args.layers)
     write_results(
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def _torch_wrapper_us(cp, bump, x, sync):
+def _torch_wrapper(cp, bump, x):
     try:
         import torch
     except ImportError:
@@ -107,14 +108,16 @@ def _torch_wrapper_us(cp, bump, x, sync):
     graphs: dict = {}
     key = ("FULL", 8)
     tstream = torch.cuda.Stream()
+    # Replays go to a non-default torch stream, as the cupy paths use a non-default stream.
+    torch.cuda.set_stream(torch.cuda.Stream())
     with torch.cuda.stream(tstream):
-        ext = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+        ext = cp.cuda.Stream.from_external(torch.cuda.current_stream())
         with ext:
             bump((2,), (256,), (x, np.float32(0.5), np.int32(x.size)))
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g, stream=tstream):
-        ext = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+        ext = cp.cuda.Stream.from_external(torch.cuda.current_stream())
         with ext:
             bump((2,), (256,), (x, np.float32(0.5), np.int32(x.size)))
     graphs[key] = g
@@ -127,7 +130,7 @@ def _torch_wrapper_us(cp, bump, x, sync):
         entry = graphs.get((mode, size))
         entry.replay()
 
-    return host_us_per_call(wrapped, torch.cuda.synchronize)
+    return wrapped
 
 
 def _capture_costs(cp, capture, GraphPool, GraphRunner, capture_all, table, layers):
