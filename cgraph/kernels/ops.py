@@ -1,0 +1,555 @@
+"""Python launchers for the CUDA kernels (see .plan API "Kernels").
+
+Every launcher takes an explicit keyword `out=` (where it has an output), an optional
+`stream` (None: CuPy's current stream), returns `out`, and can be captured into a CUDA
+graph: it allocates nothing, never synchronizes and reads no device value on the host.
+
+Arguments are checked from their shape, dtype and strides alone, before anything touches
+the device, and bad ones raise ValueError/TypeError saying what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from cgraph._gpu import cupy
+from cgraph.kernels import reference
+from cgraph.kernels.gemm_plan import GemmPlan, plan_gemm
+from cgraph.kernels.loader import get_kernel
+
+_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
+FLOATS = ("float16", "bfloat16", "float32")
+HALVES = ("float16", "bfloat16")
+
+
+# ---------------------------------------------------------------- argument checks (no device)
+def _dtype(x: Any) -> str:
+    return str(np.dtype(x.dtype)) if not hasattr(x.dtype, "name") else str(x.dtype.name)
+
+
+def _check_array(name: str, x: Any) -> None:
+    if not all(hasattr(x, a) for a in ("shape", "dtype", "strides")):
+        raise TypeError(f"{name} must be an array (cupy.ndarray), got {type(x).__name__}")
+
+
+def _check_dtype(name: str, x: Any, allowed: Sequence[str]) -> str:
+    dt = _dtype(x)
+    if dt not in allowed:
+        raise TypeError(f"{name} has dtype {dt}; expected one of {', '.join(allowed)} "
+                        f"(convert with .astype(...))")
+    return dt
+
+
+def _check_same_dtype(name: str, x: Any, dt: str) -> None:
+    if _dtype(x) != dt:
+        raise TypeError(f"{name} has dtype {_dtype(x)} but must match the input dtype {dt}")
+
+
+def _check_shape(name: str, x: Any, shape: Sequence[int | None], hint: str = "") -> None:
+    got = tuple(x.shape)
+    ok = len(got) == len(shape) and all(e is None or g == e for g, e in zip(got, shape))
+    if not ok:
+        want = "[" + ", ".join("*" if e is None else str(e) for e in shape) + "]"
+        raise ValueError(f"{name} has shape {list(got)}; expected {want}{hint}")
+
+
+def _c_strides(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
+    out, acc = [], itemsize
+    for d in reversed(tuple(shape)):
+        out.append(acc)
+        acc *= max(d, 1)
+    return tuple(reversed(out))
+
+
+def _check_contiguous(name: str, x: Any) -> None:
+    shape, strides = tuple(x.shape), tuple(x.strides)
+    want = _c_strides(shape, np.dtype(x.dtype).itemsize)
+    if any(d > 1 and s != w for d, s, w in zip(shape, strides, want)):
+        raise ValueError(f"{name} must be C-contiguous (strides {strides}, expected {want}); "
+                         f"pass cupy.ascontiguousarray({name}) outside the captured region")
+
+
+def _row_stride(name: str, x: Any) -> int:
+    """Row stride in elements of an array whose rows may be strided but whose inner dims are contiguous."""
+    item = np.dtype(x.dtype).itemsize
+    shape, strides = tuple(x.shape), tuple(x.strides)
+    want = _c_strides(shape[1:], item)
+    if any(d > 1 and s != w for d, s, w in zip(shape[1:], strides[1:], want)):
+        raise ValueError(f"{name} must be contiguous within each row (strides {strides}); rows may "
+                         f"be strided (e.g. a view of a fused qkv buffer), inner dims may not")
+    if strides[0] % item or strides[0] < 0:
+        raise ValueError(f"{name} row stride {strides[0]} bytes is not a positive multiple of its itemsize {item}")
+    return strides[0] // item if shape[0] > 1 else math.prod(shape[1:])
+
+
+def _check_int32_vector(name: str, x: Any, length: int | None = None) -> None:
+    _check_array(name, x)
+    _check_dtype(name, x, ("int32",))
+    _check_shape(name, x, (length,))
+    _check_contiguous(name, x)
+
+
+# ---------------------------------------------------------------- device side
+def _ptr(name: str, x: Any) -> int:
+    if not hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{name} must be a CuPy array on the GPU, got {type(x).__module__}."
+                        f"{type(x).__name__}; move it with cupy.asarray(...) before launching")
+    return int(x.data.ptr)
+
+
+def _stream(stream: Any) -> Any:
+    return stream if stream is not None else cupy().cuda.get_current_stream()
+
+
+def _aligned(*ptrs: int) -> bool:
+    return all(p % 16 == 0 for p in ptrs)
+
+
+def _vec(dt: str) -> int:
+    return 8 if dt in HALVES else 4
+
+
+def _threads(work: int, cap: int = 256) -> int:
+    return int(min(cap, max(32, -(-work // 32) * 32)))
+
+
+def _launch(family: str, name: str, grid, block, args, stream, smem: int = 0) -> None:
+    kern = get_kernel(family, name, dynamic_smem=smem)
+    kern(tuple(int(g) for g in grid), (int(block),), args, shared_mem=int(smem), stream=_stream(stream))
+
+
+_i32, _i64, _f32 = np.int32, np.int64, np.float32
+
+
+# ---------------------------------------------------------------- launchers
+def embedding(ids: Any, table: Any, *, out: Any, stream: Any = None) -> Any:
+    """out[t, :] = table[ids[t], :]; ids outside [0, V) give zero rows (padding)."""
+    _check_array("table", table)
+    dt = _check_dtype("table", table, FLOATS)
+    if len(table.shape) != 2:
+        raise ValueError(f"table must be 2-D [V, H], got shape {list(table.shape)}")
+    vocab, hidden = table.shape
+    _check_array("ids", ids)
+    _check_dtype("ids", ids, ("int32",))
+    if len(ids.shape) != 1:
+        raise ValueError(f"ids must be 1-D [T] int32, got shape {list(ids.shape)}")
+    t = ids.shape[0]
+    _check_array("out", out)
+    _check_same_dtype("out", out, dt)
+    _check_shape("out", out, (t, hidden))
+    for n, a in (("ids", ids), ("table", table), ("out", out)):
+        _check_contiguous(n, a)
+    p = [_ptr("ids", ids), _ptr("table", table), _ptr("out", out)]
+    if t == 0 or hidden == 0:
+        return out
+    v = _vec(dt) if hidden % _vec(dt) == 0 and _aligned(p[1], p[2]) else 1
+    threads = _threads(hidden // v)
+    _launch("embedding", f"embedding_{_TAGS[dt]}_v{v}", (-(-hidden // v // threads) or 1, t), threads,
+            (out, ids, table, _i32(vocab), _i32(hidden)), stream)
+    return out
+
+
+def rms_norm(x: Any, weight: Any, eps: float, *, out: Any, residual: Any = None, stream: Any = None) -> Any:
+    """RMSNorm over the last dim of x [T, H]: out = x / rms(x) * weight.
+
+    With `residual` [T, H]: residual <- x + residual (in place, rounded to the dtype) and
+    out = norm(residual) * weight (the fused pre-norm residual add of a decoder layer).
+    """
+    _check_array("x", x)
+    dt = _check_dtype("x", x, FLOATS)
+    if len(x.shape) != 2:
+        raise ValueError(f"x must be 2-D [T, H], got shape {list(x.shape)}")
+    t, hidden = x.shape
+    _check_array("weight", weight)
+    _check_same_dtype("weight", weight, dt)
+    _check_shape("weight", weight, (hidden,))
+    _check_array("out", out)
+    _check_same_dtype("out", out, dt)
+    _check_shape("out", out, (t, hidden))
+    arrays = [("x", x), ("weight", weight), ("out", out)]
+    if residual is not None:
+        _check_array("residual", residual)
+        _check_same_dtype("residual", residual, dt)
+        _check_shape("residual", residual, (t, hidden))
+        arrays.append(("residual", residual))
+    for n, a in arrays:
+        _check_contiguous(n, a)
+    if not (isinstance(eps, (float, int)) and eps >= 0):
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    ptrs = [_ptr(n, a) for n, a in arrays]
+    if t == 0:
+        return out
+    v = _vec(dt) if hidden % _vec(dt) == 0 and _aligned(*ptrs) else 1
+    threads = _threads(-(-hidden // v), cap=1024)
+    res = residual if residual is not None else x
+    _launch("norm", f"rms_norm_{_TAGS[dt]}_v{v}", (t,), threads,
+            (out, x, res, weight, _i32(hidden), _f32(eps), _i32(residual is not None)), stream)
+    return out
+
+
+def make_cos_sin_cache(max_pos: int, head_size: int, base: float = 10000.0) -> Any:
+    """CuPy float32 [max_pos, head_size] = [cos | sin] for neox rotary (host-side set-up)."""
+    if max_pos < 1:
+        raise ValueError(f"max_pos must be >= 1, got {max_pos}")
+    return cupy().asarray(reference.cos_sin_cache(max_pos, head_size, base))
+
+
+def rotary_embedding(positions: Any, q: Any, k: Any, cos_sin_cache: Any, *, head_size: int,
+                     stream: Any = None) -> tuple[Any, Any]:
+    """Neox rotary embedding, in place on q [T, Hq*D] and k [T, Hk*D] (also [T, H, D]).
+
+    Rows may be strided (views into a fused qkv buffer). cos_sin_cache is float32
+    [max_pos, D] = [cos | sin] (make_cos_sin_cache). Positions outside [0, max_pos) leave the
+    row untouched. Returns (q, k).
+    """
+    if not isinstance(head_size, (int, np.integer)) or head_size < 2 or head_size % 2:
+        raise ValueError(f"head_size must be a positive even int, got {head_size!r}")
+    _check_int32_vector("positions", positions)
+    t = positions.shape[0]
+    _check_array("q", q)
+    dt = _check_dtype("q", q, FLOATS)
+    _check_array("k", k)
+    _check_same_dtype("k", k, dt)
+    widths = []
+    for n, a in (("q", q), ("k", k)):
+        if len(a.shape) < 2 or a.shape[0] != t:
+            raise ValueError(f"{n} has shape {list(a.shape)}; expected [T={t}, heads*{head_size}] or [T, heads, {head_size}]")
+        w = math.prod(a.shape[1:])
+        if w % head_size:
+            raise ValueError(f"{n} row width {w} is not a multiple of head_size {head_size}")
+        widths.append(w)
+    qs, ks = _row_stride("q", q), _row_stride("k", k)
+    _check_array("cos_sin_cache", cos_sin_cache)
+    _check_dtype("cos_sin_cache", cos_sin_cache, ("float32",))
+    _check_shape("cos_sin_cache", cos_sin_cache, (None, head_size),
+                 " (make it with make_cos_sin_cache(max_pos, head_size))")
+    _check_contiguous("cos_sin_cache", cos_sin_cache)
+    ptrs = [_ptr("q", q), _ptr("k", k)]
+    _ptr("positions", positions)
+    _ptr("cos_sin_cache", cos_sin_cache)
+    if t == 0:
+        return q, k
+    vec = _vec(dt)
+    v = vec if (head_size // 2) % vec == 0 and qs % vec == 0 and ks % vec == 0 and _aligned(*ptrs) else 1
+    nq, nk = widths[0] // head_size, widths[1] // head_size
+    threads = _threads((nq + nk) * (head_size // 2 // v))
+    _launch("rotary", f"rotary_{_TAGS[dt]}_v{v}", (t,), threads,
+            (positions, q, k, cos_sin_cache, _i32(nq), _i32(nk), _i32(head_size), _i64(qs), _i64(ks),
+             _i32(cos_sin_cache.shape[0])), stream)
+    return q, k
+
+
+def silu_and_mul(x: Any, *, out: Any, stream: Any = None) -> Any:
+    """x [T, 2I] -> out [T, I] = silu(x[:, :I]) * x[:, I:]."""
+    _check_array("x", x)
+    dt = _check_dtype("x", x, FLOATS)
+    if len(x.shape) != 2 or x.shape[1] % 2:
+        raise ValueError(f"x must be 2-D [T, 2*I] with an even last dim, got shape {list(x.shape)}")
+    t, i = x.shape[0], x.shape[1] // 2
+    _check_array("out", out)
+    _check_same_dtype("out", out, dt)
+    _check_shape("out", out, (t, i))
+    _check_contiguous("x", x)
+    _check_contiguous("out", out)
+    ptrs = [_ptr("x", x), _ptr("out", out)]
+    if t == 0 or i == 0:
+        return out
+    v = _vec(dt) if i % _vec(dt) == 0 and _aligned(*ptrs) else 1
+    threads = _threads(i // v)
+    _launch("activation", f"silu_and_mul_{_TAGS[dt]}_v{v}", (-(-(i // v) // threads), t), threads,
+            (out, x, _i32(i)), stream)
+    return out
+
+
+_DEVICE_FACTS: dict[int, tuple[int, bool]] = {}
+
+
+def _device_facts() -> tuple[int, bool]:
+    """(multiprocessor count, supports clusters) of the current device."""
+    cp = cupy()
+    dev = cp.cuda.Device()
+    facts = _DEVICE_FACTS.get(dev.id)
+    if facts is None:
+        sms = int(dev.attributes["MultiProcessorCount"])
+        facts = (sms, int(dev.compute_capability) >= 90)
+        _DEVICE_FACTS[dev.id] = facts
+    return facts
+
+
+def _check_gemm(a: Any, w: Any, out: Any, bias: Any) -> tuple[str, int, int, int]:
+    _check_array("a", a)
+    dt = _check_dtype("a", a, HALVES)
+    _check_array("w", w)
+    _check_same_dtype("w", w, dt)
+    if len(a.shape) != 2 or len(w.shape) != 2:
+        raise ValueError(f"a must be [M, K] and w [N, K] (Linear layout); got {list(a.shape)} and {list(w.shape)}")
+    m, k = a.shape
+    n, k2 = w.shape
+    if k2 != k:
+        raise ValueError(f"w has shape {list(w.shape)}; its K={k2} must equal a's K={k} (w is [N, K], out = a @ w.T)")
+    if k < 1 or n < 1:
+        raise ValueError(f"GEMM needs K >= 1 and N >= 1, got K={k}, N={n}")
+    _check_array("out", out)
+    _check_same_dtype("out", out, dt)
+    _check_shape("out", out, (m, n))
+    arrays = [("a", a), ("w", w), ("out", out)]
+    if bias is not None:
+        _check_array("bias", bias)
+        _check_same_dtype("bias", bias, dt)
+        _check_shape("bias", bias, (n,))
+        arrays.append(("bias", bias))
+    for name, arr in arrays:
+        _check_contiguous(name, arr)
+    return dt, m, n, k
+
+
+def _gemm_launch(a: Any, w: Any, out: Any, bias: Any, stream: Any, plan: GemmPlan | None = None,
+                 **force: Any) -> GemmPlan | None:
+    dt, m, n, k = _check_gemm(a, w, out, bias)
+    pa, pw = _ptr("a", a), _ptr("w", w)
+    _ptr("out", out)
+    if bias is not None:
+        _ptr("bias", bias)
+    if m == 0:
+        return None
+    if plan is None:
+        sms, cluster = _device_facts()
+        plan = plan_gemm(m, n, k, aligned=(k % 8 == 0 and _aligned(pa, pw)), sm_count=sms,
+                         cluster=cluster, **force)
+    tag = _TAGS[dt]
+    has_bias = _i32(bias is not None)
+    b = bias if bias is not None else out
+    if plan.kind == "tile":
+        name = f"gemm_{tag}_{plan.kernel}"
+        args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k), _i32(plan.ktiles_per_split))
+    elif plan.kind == "gemv":
+        name = f"gemv_{tag}_{plan.kernel}"
+        args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k))
+    else:
+        name = f"gemm_fallback_{tag}"
+        args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k))
+    _launch("gemm", name, plan.grid, plan.block, args, stream, smem=plan.smem)
+    return plan
+
+
+def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> Any:
+    """out[M, N] = a[M, K] @ w[N, K].T (+ bias[N]) on tensor cores, fp32 accumulation.
+
+    float16 or bfloat16, all C-contiguous. Any M >= 1 (M = 0 launches nothing). Fast paths
+    need K % 8 == 0 and 16-byte aligned a and w; otherwise a slower fallback kernel runs.
+    M <= 4 uses a GEMV-like kernel; larger M a tiled mma.sync kernel that, on sm_90, splits
+    K over a thread-block cluster when the output has too few tiles to fill the GPU.
+    """
+    _gemm_launch(a, w, out, bias, stream)
+    return out
+
+
+def patch_embed(patches: Any, weight: Any, *, out: Any, bias: Any = None, stream: Any = None) -> Any:
+    """Patch embedding as a GEMM: patches [T, C*p*p] @ weight[H, C*p*p].T (+ bias) -> out [T, H]."""
+    return gemm(patches, weight, out=out, bias=bias, stream=stream)
+
+
+def unfold_patches(image: Any, patch: int) -> Any:
+    """[C, H, W] image (NumPy or CuPy) -> [(H/p)*(W/p), C*p*p] rows of patches (host-side helper).
+
+    Patches in row-major order over the patch grid; features ordered (channel, y, x), which
+    matches a Conv2d weight [H, C, p, p] reshaped to [H, C*p*p]. Not for use inside capture.
+    """
+    if len(getattr(image, "shape", ())) != 3:
+        raise ValueError(f"image must be [C, H, W], got shape {list(getattr(image, 'shape', ()))}")
+    c, h, w = image.shape
+    if not isinstance(patch, (int, np.integer)) or patch < 1 or h % patch or w % patch:
+        raise ValueError(f"patch={patch!r} must be a positive int dividing H={h} and W={w}")
+    x = image.reshape(c, h // patch, patch, w // patch, patch).transpose(1, 3, 0, 2, 4)
+    xp = cupy() if hasattr(image, "__cuda_array_interface__") else np
+    return xp.ascontiguousarray(x.reshape((h // patch) * (w // patch), c * patch * patch))
+
+
+def reshape_and_cache(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any, *, stream: Any = None) -> None:
+    """Write k, v [T, Hkv, D] into paged caches [num_blocks, block_size, Hkv, D] at slot_mapping[t].
+
+    slot = block * block_size + offset; slot < 0 (padding) is skipped. k/v rows may be
+    strided (views of a fused qkv buffer).
+    """
+    _check_array("k_cache", k_cache)
+    dt = _check_dtype("k_cache", k_cache, FLOATS)
+    if len(k_cache.shape) != 4:
+        raise ValueError(f"k_cache must be [num_blocks, block_size, Hkv, D], got shape {list(k_cache.shape)}")
+    nb, bs, hkv, d = k_cache.shape
+    _check_array("v_cache", v_cache)
+    _check_same_dtype("v_cache", v_cache, dt)
+    _check_shape("v_cache", v_cache, tuple(k_cache.shape))
+    _check_int32_vector("slot_mapping", slot_mapping)
+    t = slot_mapping.shape[0]
+    for n, a in (("k", k), ("v", v)):
+        _check_array(n, a)
+        _check_same_dtype(n, a, dt)
+        _check_shape(n, a, (t, hkv, d), " (T from slot_mapping, Hkv and D from the cache)")
+    ks, vs = _row_stride("k", k), _row_stride("v", v)
+    _check_contiguous("k_cache", k_cache)
+    _check_contiguous("v_cache", v_cache)
+    ptrs = [_ptr("k", k), _ptr("v", v), _ptr("k_cache", k_cache), _ptr("v_cache", v_cache)]
+    _ptr("slot_mapping", slot_mapping)
+    if t == 0:
+        return None
+    row = hkv * d
+    vec = _vec(dt)
+    v_ = vec if row % vec == 0 and ks % vec == 0 and vs % vec == 0 and _aligned(*ptrs) else 1
+    _launch("cache", f"reshape_and_cache_{_TAGS[dt]}_v{v_}", (t,), _threads(row // v_),
+            (k, v, k_cache, v_cache, slot_mapping, _i32(row), _i64(ks), _i64(vs), _i64(nb * bs)), stream)
+    return None
+
+
+def _check_attention(q: Any, hkv: int, ks: int, vs: int, scale: Any) -> int:
+    """Geometry checks shared by both attention launchers; returns q's row stride."""
+    t, hq, d = q.shape
+    qs = _row_stride("q", q)
+    if d % 8 or d > 256:
+        raise ValueError(f"head size D={d} must be a multiple of 8 and at most 256")
+    if hq % hkv:
+        raise ValueError(f"query heads Hq={hq} must be a multiple of KV heads Hkv={hkv} (GQA)")
+    if qs % 8 or ks % 8 or vs % 8:
+        raise ValueError(f"q/k/v row strides ({qs}, {ks}, {vs} elements) must be multiples of 8")
+    if not isinstance(scale, (float, int)):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    return qs
+
+
+def _attention_launch(q, kb, vb, out, *, hkv: int, ks: int, vs: int, int_args: tuple, mode: int,
+                      causal: bool, scale: float, stream: Any) -> None:
+    t, hq, d = q.shape
+    dt = _dtype(q)
+    qs = _check_attention(q, hkv, ks, vs, scale)
+    ptrs = [_ptr("q", q), _ptr("k", kb), _ptr("v", vb), _ptr("out", out)]
+    if not _aligned(*ptrs):
+        raise ValueError("q, k, v and out must start at 16-byte aligned addresses")
+    if t == 0:
+        return
+    tg = next(g for g in (8, 16, 32) if g * 8 >= d)
+    group = hq // hkv
+    gb = next(g for g in (8, 4, 2, 1) if group % g == 0)
+    warps = 8 if gb * tg <= 128 else 4
+    _launch("attention", f"attention_{_TAGS[dt]}_tg{tg}_gb{gb}", (t, hq // gb), warps * 32,
+            (out, q, kb, vb, *int_args, _i32(mode), _i32(bool(causal)), _i32(hq), _i32(hkv), _i32(d),
+             _i64(qs), _i64(ks), _i64(vs), _f32(scale)), stream)
+
+
+def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_tables: Any, seq_lens: Any,
+                    query_start_loc: Any, num_seqs: Any, max_query_len: int, scale: float,
+                    stream: Any = None) -> Any:
+    """Causal attention of q [T, Hq, D] over paged caches [num_blocks, block_size, Hkv, D].
+
+    block_tables [S, max_blocks], seq_lens [S] (context including this step's tokens),
+    query_start_loc [S+1] and num_seqs (1,) are int32 device arrays read on the device, so
+    one captured graph serves any lengths. Query j of sequence s sits at position
+    seq_lens[s] - q_len + j and sees keys 0..that position. max_query_len (host int) only
+    picks the path: 1 means decode (row i is sequence i). Rows at or past
+    query_start_loc[num_seqs], and sequences with seq_lens 0, are written as zeros.
+    """
+    _check_array("q", q)
+    dt = _check_dtype("q", q, HALVES)
+    if len(q.shape) != 3:
+        raise ValueError(f"q must be [T, Hq, D], got shape {list(q.shape)}")
+    t, hq, d = q.shape
+    _check_array("k_cache", k_cache)
+    _check_same_dtype("k_cache", k_cache, dt)
+    if len(k_cache.shape) != 4 or k_cache.shape[3] != d:
+        raise ValueError(f"k_cache must be [num_blocks, block_size, Hkv, D={d}], got shape {list(k_cache.shape)}")
+    nb, bs, hkv, _ = k_cache.shape
+    _check_array("v_cache", v_cache)
+    _check_same_dtype("v_cache", v_cache, dt)
+    _check_shape("v_cache", v_cache, tuple(k_cache.shape))
+    _check_array("out", out)
+    _check_same_dtype("out", out, dt)
+    _check_shape("out", out, (t, hq, d))
+    for n, a in (("out", out), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_contiguous(n, a)
+    _check_array("block_tables", block_tables)
+    _check_dtype("block_tables", block_tables, ("int32",))
+    if len(block_tables.shape) != 2:
+        raise ValueError(f"block_tables must be [S, max_blocks] int32, got shape {list(block_tables.shape)}")
+    _check_contiguous("block_tables", block_tables)
+    s, max_blocks = block_tables.shape
+    _check_int32_vector("seq_lens", seq_lens, s)
+    _check_int32_vector("query_start_loc", query_start_loc, s + 1)
+    _check_int32_vector("num_seqs", num_seqs, 1)
+    if not isinstance(max_query_len, (int, np.integer)) or max_query_len < 1:
+        raise ValueError(f"max_query_len must be a host int >= 1, got {max_query_len!r}")
+    _check_attention(q, hkv, hkv * d, hkv * d, scale)
+    for n, a in (("block_tables", block_tables), ("seq_lens", seq_lens),
+                 ("query_start_loc", query_start_loc), ("num_seqs", num_seqs)):
+        _ptr(n, a)
+    _attention_launch(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d,
+                      int_args=(block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
+                                num_seqs, query_start_loc, _i32(0)),
+                      mode=0 if max_query_len == 1 else 1, causal=True, scale=scale, stream=stream)
+    return out
+
+
+def varlen_attention(q: Any, k: Any, v: Any, *, out: Any, cu_seqlens: Any, max_seqlen: int, causal: bool,
+                     scale: float, stream: Any = None) -> Any:
+    """Attention within each segment [cu_seqlens[i], cu_seqlens[i+1]) of q [T, Hq, D], k/v [T, Hkv, D].
+
+    causal=True for a decoder prefill, False for the vision encoder. cu_seqlens [n+1] int32
+    lives on the device; rows past cu_seqlens[n] are written as zeros. Rows of q/k/v may be
+    strided. max_seqlen (host int, >= the longest segment) is accepted for API symmetry; the
+    kernel does not need it.
+    """
+    _check_array("q", q)
+    dt = _check_dtype("q", q, HALVES)
+    if len(q.shape) != 3:
+        raise ValueError(f"q must be [T, Hq, D], got shape {list(q.shape)}")
+    t, hq, d = q.shape
+    _check_array("k", k)
+    _check_same_dtype("k", k, dt)
+    if len(k.shape) != 3 or k.shape[0] != t or k.shape[2] != d:
+        raise ValueError(f"k has shape {list(k.shape)}; expected [T={t}, Hkv, D={d}]")
+    hkv = k.shape[1]
+    _check_array("v", v)
+    _check_same_dtype("v", v, dt)
+    _check_shape("v", v, tuple(k.shape))
+    _check_array("out", out)
+    _check_same_dtype("out", out, dt)
+    _check_shape("out", out, (t, hq, d))
+    _check_contiguous("out", out)
+    _check_array("cu_seqlens", cu_seqlens)
+    _check_dtype("cu_seqlens", cu_seqlens, ("int32",))
+    if len(cu_seqlens.shape) != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must be [n+1] int32 with n >= 1, got shape {list(cu_seqlens.shape)}")
+    _check_contiguous("cu_seqlens", cu_seqlens)
+    if not isinstance(max_seqlen, (int, np.integer)) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a host int >= 0, got {max_seqlen!r}")
+    ks, vs = _row_stride("k", k), _row_stride("v", v)
+    _check_attention(q, hkv, ks, vs, scale)
+    _ptr("cu_seqlens", cu_seqlens)
+    n = cu_seqlens.shape[0] - 1
+    _attention_launch(q, k, v, out, hkv=hkv, ks=ks, vs=vs,
+                      int_args=(cu_seqlens, _i32(0), _i32(1), cu_seqlens, cu_seqlens, cu_seqlens,
+                                cu_seqlens, _i32(n)),
+                      mode=2, causal=causal, scale=scale, stream=stream)
+    return out
+
+
+def argmax(logits: Any, *, out: Any, stream: Any = None) -> Any:
+    """Greedy sampling: out[t] = argmax(logits[t]) (int32; ties -> lowest index)."""
+    _check_array("logits", logits)
+    dt = _check_dtype("logits", logits, FLOATS)
+    if len(logits.shape) != 2 or logits.shape[1] < 1:
+        raise ValueError(f"logits must be [T, V] with V >= 1, got shape {list(logits.shape)}")
+    t, vocab = logits.shape
+    _check_array("out", out)
+    _check_dtype("out", out, ("int32",))
+    _check_shape("out", out, (t,))
+    _check_contiguous("logits", logits)
+    _check_contiguous("out", out)
+    p = _ptr("logits", logits)
+    _ptr("out", out)
+    if t == 0:
+        return out
+    v = _vec(dt) if vocab % _vec(dt) == 0 and _aligned(p) else 1
+    _launch("sampling", f"argmax_{_TAGS[dt]}_v{v}", (t,), _threads(-(-vocab // v), cap=1024),
+            (logits, out, _i32(vocab)), stream)
+    return out
