@@ -75,8 +75,10 @@ def capture(
         raise TypeError(f"capture needs a callable, got {type(fn).__name__} {fn!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}; use 0 to skip warm-up")
-    if pool is not None and not isinstance(pool, GraphPool):
-        raise TypeError(f"pool must be a GraphPool or None, got {type(pool).__name__}")
+    if pool is not None:
+        if not isinstance(pool, GraphPool):
+            raise TypeError(f"pool must be a GraphPool or None, got {type(pool).__name__}")
+        pool._check_open()
     cp = require_device()
     if stream is not None:
         _validate_capture_stream(stream)

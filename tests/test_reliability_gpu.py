@@ -107,12 +107,7 @@ def test_static_buffers_refuse_another_device_or_dtype():
         bufs.view("x", 9)
 
 
-def test_gpu_memory_returns_to_its_starting_level_after_close():
-    pool_default = cp.get_default_memory_pool()
-    pool_default.free_all_blocks()
-    cp.cuda.Device().synchronize()
-    free_before = cp.cuda.runtime.memGetInfo()[0]
-    n = 1 << 20
+def _capture_and_close_a_runner(n):
     x, out = rand(cp, n), cp.empty(n, cp.float32)
 
     def heavy(x, out):
@@ -124,14 +119,27 @@ def test_gpu_memory_returns_to_its_starting_level_after_close():
     with capture_phase():
         for k in (n, n // 2, n // 4):
             runner.run(GraphMode.FULL, BatchDescriptor(k), x[:k], out[:k])
-    assert runner.pool.total_bytes() >= 8 * 4 * n
+    held = runner.pool.total_bytes()
     runner.close()
-    del x, out
-    pool_default.free_all_blocks()
+    return held
+
+
+def _free_device_bytes():
+    cp.get_default_memory_pool().free_all_blocks()
     cp.cuda.Device().synchronize()
-    free_after = cp.cuda.runtime.memGetInfo()[0]
-    # Allow a couple of MiB for the driver's own bookkeeping (stream, graph exec objects).
-    assert free_before - free_after < 4 * 2**20, (free_before, free_after)
+    return cp.cuda.runtime.memGetInfo()[0]
+
+
+def test_gpu_memory_returns_to_its_starting_level_after_close():
+    n = 1 << 20
+    # A first round loads the kernels' modules and the driver's one-time state.
+    _capture_and_close_a_runner(n)
+    free_before = _free_device_bytes()
+    for _ in range(3):
+        held = _capture_and_close_a_runner(n)
+        assert held >= 8 * 4 * n
+    free_after = _free_device_bytes()
+    assert free_before - free_after < 2**20, (free_before, free_after)
 
 
 def test_replays_of_different_graphs_on_two_streams_at_once():
