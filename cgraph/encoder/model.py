@@ -128,8 +128,8 @@ class VisionEncoder:
         self.blocks = []
         for _ in range(s.layers):
             self.blocks.append(dict(
-                norm1=norm_w(s.hidden), wq=w(s.hidden, s.hidden), wk=w(s.hidden, s.hidden),
-                wv=w(s.hidden, s.hidden), wo=w(s.hidden, s.hidden), norm2=norm_w(s.hidden),
+                norm1=norm_w(s.hidden), w_qkv=w(3 * s.hidden, s.hidden),
+                wo=w(s.hidden, s.hidden), norm2=norm_w(s.hidden),
                 w_gate_up=w(2 * s.mlp, s.hidden), w_down=w(s.hidden, s.mlp),
             ))
         self.final_norm = norm_w(s.hidden)
@@ -195,11 +195,11 @@ class VisionEncoder:
         K.rms_norm(x, self.blocks[0]["norm1"], s.eps, out=h)
         scale = 1.0 / math.sqrt(hd)
         for li, blk in enumerate(self.blocks):
-            q = K.gemm(h, blk["wq"], out=cp.empty((t, s.hidden), dt))
-            k = K.gemm(h, blk["wk"], out=cp.empty((t, s.hidden), dt))
-            v = K.gemm(h, blk["wv"], out=cp.empty((t, s.hidden), dt))
+            qkv = K.gemm(h, blk["w_qkv"], out=cp.empty((t, 3 * s.hidden), dt))
+            # q, k, v are row-strided views of one fused projection (the kernel allows that)
+            q, k, v = (qkv[:, i * s.hidden : (i + 1) * s.hidden].reshape(t, nh, hd) for i in range(3))
             a = K.varlen_attention(
-                q.reshape(t, nh, hd), k.reshape(t, nh, hd), v.reshape(t, nh, hd),
+                q, k, v,
                 out=cp.empty((t, nh, hd), dt), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                 causal=False, scale=scale,
             )
