@@ -100,8 +100,10 @@ def _histogram_line(report: PaddingReport, mode: GraphMode, limit: int = 10) -> 
     return " ".join(parts)
 
 
-def print_plan(args: argparse.Namespace, out=sys.stdout) -> dict[GraphMode, PaddingReport]:
-    """Simulate the workload and print each mode's dispatch plan; return the reports."""
+def print_plan(args: argparse.Namespace, out=None) -> dict[GraphMode, PaddingReport]:
+    """Simulate the workload and print each mode's dispatch plan (to ``out``, default
+    stdout); return the reports."""
+    out = sys.stdout if out is None else out
     steps = simulate_steps(args.requests, args.max_prompt, args.new_tokens, args.max_num_seqs,
                            args.max_num_batched_tokens, args.seed)
     batches = [(s.num_tokens, s.uniform) for s in steps]
