@@ -26,6 +26,12 @@ from cgraph._gpu import require_device
 
 MERGE = 2  # 2x2 patch merger
 MERGE_PATCHES = MERGE * MERGE
+# embedding and silu_and_mul put rows on grid.y, which CUDA caps at 65535 blocks
+ROW_CHUNK = 65535
+
+
+def _row_chunks(rows: int):
+    return ((a, min(rows, a + ROW_CHUNK)) for a in range(0, rows, ROW_CHUNK))
 
 
 def _positive(_inst: Any, attr: attrs.Attribute, value: int) -> None:
@@ -189,7 +195,9 @@ class VisionEncoder:
         dt = self.dtype
         hd, nh = s.head_dim, s.heads
         x = K.patch_embed(patches, self.patch_w, out=cp.empty((t, s.hidden), dt), bias=self.patch_b)
-        pos = K.embedding(positions, self.pos_table, out=cp.empty((t, s.hidden), dt))
+        pos = cp.empty((t, s.hidden), dt)
+        for a, b in _row_chunks(t):
+            K.embedding(positions[a:b], self.pos_table, out=pos[a:b])
         x += pos
         h = cp.empty((t, s.hidden), dt)
         K.rms_norm(x, self.blocks[0]["norm1"], s.eps, out=h)
@@ -206,13 +214,17 @@ class VisionEncoder:
             o = K.gemm(a.reshape(t, s.hidden), blk["wo"], out=cp.empty((t, s.hidden), dt))
             K.rms_norm(o, blk["norm2"], s.eps, out=h, residual=x)  # x += o; h = norm(x)
             gu = K.gemm(h, blk["w_gate_up"], out=cp.empty((t, 2 * s.mlp), dt))
-            m = K.silu_and_mul(gu, out=cp.empty((t, s.mlp), dt))
+            m = cp.empty((t, s.mlp), dt)
+            for a, b in _row_chunks(t):
+                K.silu_and_mul(gu[a:b], out=m[a:b])
             d = K.gemm(m, blk["w_down"], out=cp.empty((t, s.hidden), dt))
             nxt = self.blocks[li + 1]["norm1"] if li + 1 < len(self.blocks) else self.final_norm
             K.rms_norm(d, nxt, s.eps, out=h, residual=x)  # x += d; h = norm(x)
         merged = h.reshape(t // MERGE_PATCHES, MERGE_PATCHES * s.hidden)
         g = K.gemm(merged, self.merge_w1, out=cp.empty((t // MERGE_PATCHES, 2 * s.merger), dt))
-        mm = K.silu_and_mul(g, out=cp.empty((t // MERGE_PATCHES, s.merger), dt))
+        mm = cp.empty((t // MERGE_PATCHES, s.merger), dt)
+        for a, b in _row_chunks(t // MERGE_PATCHES):
+            K.silu_and_mul(g[a:b], out=mm[a:b])
         return K.gemm(mm, self.merge_w2, out=cp.empty((t // MERGE_PATCHES, s.out_dim), dt))
 
     def encode(self, image: Any) -> Any:
