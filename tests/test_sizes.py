@@ -48,8 +48,8 @@ def test_larger_histogram_beats_every_single_swap():
     import random
 
     rng = random.Random()
-    hist = {rng.randint(1, 2000): rng.randint(1, 50) for _ in range(700)}
-    sizes = suggest_capture_sizes(hist, 12)
+    hist = {rng.randint(1, 1000): rng.randint(1, 50) for _ in range(250)}
+    sizes = suggest_capture_sizes(hist, 8)
     best = padded_tokens(sizes, hist)
     observed = sorted(hist)
     for i in range(len(sizes) - 1):  # moving any size to any other observed size never helps
