@@ -102,7 +102,7 @@ class Engine:
             meta = self.buffers["meta"]
             inputs = ForwardInputs(**{name: meta[sl].reshape(shape) for name, (sl, shape)
                                       in self.layout.slices(num_tokens, num_seqs).items()})
-            views = self._views[key] = (inputs, workspace_views(self.buffers, num_tokens, num_seqs))
+            views = self._views[key] = (inputs, workspace_views(self.buffers, self.model.cfg, num_tokens, num_seqs))
         return views
 
     def _inert_metadata(self) -> None:

@@ -1,7 +1,8 @@
 """The Llama-style decoder on the GPU, built only on cgraph.kernels.
 
-`LlamaModel` holds device weights (q/k/v kept as three Linear weights, gate and up
-fused into one [2I, H] weight so `silu_and_mul` reads [gate | up]) and the rotary table.
+`LlamaModel` holds device weights (q, k and v fused into one [(Hq+2Hkv)*D, H] weight whose
+output rows are viewed, strided, as q, k and v; gate and up fused into one [2I, H] weight
+so `silu_and_mul` reads [gate | up]) and the rotary table.
 `LlamaModel.forward` is one function for every graph mode: it reads only the arrays it
 is given (static input views, a workspace, the KV cache) and writes the next-token ids
 into the workspace, so the same call runs eagerly, captured whole (FULL) or captured
@@ -41,10 +42,14 @@ class Workspace:
     residual: Any     # [T, H]
     hidden: Any       # [T, H] normed input of the next projection
     delta: Any        # [T, H] output of o_proj / down_proj, added into residual
+    qkv: Any          # [T, (Hq + 2*Hkv)*D]: one projection; q/k/v below are strided views of it
     q: Any            # [T, Hq*D]
     k: Any            # [T, Hkv*D]
-    v: Any            # [T, Hkv*D]
+    q3: Any           # [T, Hq, D]
+    k3: Any           # [T, Hkv, D]
+    v3: Any           # [T, Hkv, D]
     attn: Any         # [T, Hq*D]
+    attn3: Any        # [T, Hq, D] (same memory as attn)
     gate_up: Any      # [T, 2I]
     act: Any          # [T, I]
     last: Any         # [S, H] hidden rows of each sequence's last token
@@ -58,17 +63,31 @@ def workspace_specs(cfg: LlamaConfig, max_tokens: int, max_seqs: int) -> dict[st
     h, i = cfg.hidden_size, cfg.intermediate_size
     return {
         "residual": ((t, h), dt), "hidden": ((t, h), dt), "delta": ((t, h), dt),
-        "q": ((t, cfg.q_size), dt), "k": ((t, cfg.kv_size), dt), "v": ((t, cfg.kv_size), dt),
+        "qkv": ((t, cfg.q_size + 2 * cfg.kv_size), dt),
         "attn": ((t, cfg.q_size), dt), "gate_up": ((t, 2 * i), dt), "act": ((t, i), dt),
         "last": ((s, h), dt), "logits": ((s, cfg.vocab_size), dt), "next_tokens": ((s,), "int32"),
     }
 
 
-def workspace_views(bufs: Any, num_tokens: int, num_seqs: int) -> Workspace:
+def workspace_views(bufs: Any, cfg: LlamaConfig, num_tokens: int, num_seqs: int) -> Workspace:
     """The Workspace of prefix views for one padded size, from StaticBuffers made with workspace_specs."""
-    seq_rows = ("last", "logits", "next_tokens")
-    return Workspace(**{f.name: bufs.view(f.name, num_seqs if f.name in seq_rows else num_tokens)
-                        for f in attrs.fields(Workspace)})
+    t, d, hq, hkv = num_tokens, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    qkv = bufs.view("qkv", t)
+    if isinstance(qkv, np.ndarray):  # host-side tests
+        from numpy.lib.stride_tricks import as_strided
+    else:
+        from cupy.lib.stride_tricks import as_strided
+    row, item = qkv.strides[0], qkv.itemsize
+    q = qkv[:, :cfg.q_size]
+    k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size]
+    v = qkv[:, cfg.q_size + cfg.kv_size:]
+    heads = lambda x, h: as_strided(x, shape=(t, h, d), strides=(row, d * item, item))  # noqa: E731
+    attn = bufs.view("attn", t)
+    plain = {name: bufs.view(name, num_tokens) for name in
+             ("residual", "hidden", "delta", "gate_up", "act")}
+    plain.update({name: bufs.view(name, num_seqs) for name in ("last", "logits", "next_tokens")})
+    return Workspace(qkv=qkv, q=q, k=k, q3=heads(q, hq), k3=heads(k, hkv), v3=heads(v, hkv),
+                     attn=attn, attn3=attn.reshape(t, hq, d), **plain)
 
 
 def _attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, inp: ForwardInputs, out: Any,
@@ -92,8 +111,14 @@ class LlamaModel:
     """Device weights of a Llama decoder and its forward pass (see module doc)."""
 
     def __init__(self, cfg: LlamaConfig, weights: Mapping[str, np.ndarray] | None = None, *,
-                 seed: int = 0) -> None:
-        cp = require_device()
+                 seed: int = 0, array_module: Any = None) -> None:
+        """Upload weights (validated, or random from `seed`) to the device.
+
+        array_module: where the arrays live (default: CuPy on the current device). NumPy is
+        accepted for host-side tests that substitute NumPy versions of the kernels.
+        """
+        cp = array_module if array_module is not None else require_device()
+        self.xp = cp
         self.cfg = cfg
         host = init_weights(cfg, seed) if weights is None else validate_weights(cfg, weights)
         dev = lambda a: cp.ascontiguousarray(cp.asarray(a))  # noqa: E731
@@ -107,17 +132,18 @@ class LlamaModel:
             gate_up = np.concatenate([host[p + "mlp.gate_proj.weight"], host[p + "mlp.up_proj.weight"]])
             self.layers.append({
                 "input_norm": dev(host[p + "input_layernorm.weight"]),
-                "wq": dev(host[p + "self_attn.q_proj.weight"]),
-                "wk": dev(host[p + "self_attn.k_proj.weight"]),
-                "wv": dev(host[p + "self_attn.v_proj.weight"]),
+                "w_qkv": dev(np.concatenate([host[p + "self_attn.q_proj.weight"],
+                                             host[p + "self_attn.k_proj.weight"],
+                                             host[p + "self_attn.v_proj.weight"]])),
                 "wo": dev(host[p + "self_attn.o_proj.weight"]),
                 "post_norm": dev(host[p + "post_attention_layernorm.weight"]),
                 "w_gate_up": dev(gate_up),
                 "w_down": dev(host[p + "mlp.down_proj.weight"]),
             })
-        from cgraph import kernels as K
+        from cgraph.kernels import reference
 
-        self.cos_sin = K.make_cos_sin_cache(cfg.max_seq_len, cfg.head_dim, base=cfg.rope_base)
+        # the fp32 [cos | sin] table, computed on the host once and uploaded
+        self.cos_sin = dev(reference.cos_sin_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_base))
         self.scale = float(cfg.head_dim) ** -0.5
         self._attention = _make_attention_break()
 
@@ -131,9 +157,9 @@ class LlamaModel:
 
     def make_kv_cache(self, num_blocks: int, block_size: int) -> list[tuple[Any, Any]]:
         """One (k_cache, v_cache) per layer, each [num_blocks, block_size, Hkv, D], zeroed."""
-        cp = require_device()
+        xp = self.xp
         shape = (num_blocks, block_size, self.cfg.num_kv_heads, self.cfg.head_dim)
-        return [(cp.zeros(shape, self.cfg.dtype), cp.zeros(shape, self.cfg.dtype))
+        return [(xp.zeros(shape, self.cfg.dtype), xp.zeros(shape, self.cfg.dtype))
                 for _ in range(self.cfg.num_layers)]
 
     def forward(self, inp: ForwardInputs, ws: Workspace, kv_cache: list[tuple[Any, Any]], *,
@@ -147,22 +173,18 @@ class LlamaModel:
         from cgraph import kernels as K
 
         cfg = self.cfg
-        t = ws.residual.shape[0]
         eps = cfg.rms_eps
-        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         K.embedding(inp.input_ids, self.embed, out=ws.residual)
         for n, layer in enumerate(self.layers):
             if n == 0:
                 K.rms_norm(ws.residual, layer["input_norm"], eps, out=ws.hidden)
             else:
                 K.rms_norm(ws.delta, layer["input_norm"], eps, out=ws.hidden, residual=ws.residual)
-            K.gemm(ws.hidden, layer["wq"], out=ws.q)
-            K.gemm(ws.hidden, layer["wk"], out=ws.k)
-            K.gemm(ws.hidden, layer["wv"], out=ws.v)
-            K.rotary_embedding(inp.positions, ws.q, ws.k, self.cos_sin, head_size=d)
+            K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv)
+            K.rotary_embedding(inp.positions, ws.q, ws.k, self.cos_sin, head_size=cfg.head_dim)
             k_cache, v_cache = kv_cache[n]
-            self._attention(ws.q.reshape(t, hq, d), ws.k.reshape(t, hkv, d), ws.v.reshape(t, hkv, d),
-                            k_cache, v_cache, inp, ws.attn.reshape(t, hq, d), max_query_len, self.scale)
+            self._attention(ws.q3, ws.k3, ws.v3, k_cache, v_cache, inp, ws.attn3, max_query_len,
+                            self.scale)
             K.gemm(ws.attn, layer["wo"], out=ws.delta)
             K.rms_norm(ws.delta, layer["post_norm"], eps, out=ws.hidden, residual=ws.residual)
             K.gemm(ws.hidden, layer["w_gate_up"], out=ws.gate_up)
