@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             "Batches: num_tokens uniform in 1..640 (some above the 512 maximum), half uniform "
             "decode, 10% disable_full, with LoRA 75% carry 1..4 adapters.",
             "plain: key sets, linear-scan padding, descriptors built per call; cgraph: "
-            "precomputed rows (row_kib: their memory).",
+            "precomputed rows (row_kib: memory of the row tuples; the answers they hold are shared).",
         ],
         extra={"calls": args.calls, "repeats": args.repeats, "seed": args.seed},
     )
