@@ -363,9 +363,12 @@ def unfold_patches(image: Any, patch: int) -> Any:
     c, h, w = image.shape
     if not isinstance(patch, (int, np.integer)) or patch < 1 or h % patch or w % patch:
         raise ValueError(f"patch={patch!r} must be a positive int dividing H={h} and W={w}")
-    x = image.reshape(c, h // patch, patch, w // patch, patch).transpose(1, 3, 0, 2, 4)
     xp = cupy() if hasattr(image, "__cuda_array_interface__") else np
-    return xp.ascontiguousarray(x.reshape((h // patch) * (w // patch), c * patch * patch))
+    # move raw bit patterns: a pure permutation, so any dtype (bfloat16 too) works
+    bits = xp.ascontiguousarray(image).view(f"uint{8 * np.dtype(image.dtype).itemsize}")
+    x = bits.reshape(c, h // patch, patch, w // patch, patch).transpose(1, 3, 0, 2, 4)
+    x = xp.ascontiguousarray(x.reshape((h // patch) * (w // patch), c * patch * patch))
+    return x.view(image.dtype)
 
 
 def reshape_and_cache(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any, *, stream: Any = None) -> None:
