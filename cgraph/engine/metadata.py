@@ -82,37 +82,47 @@ class BatchMetadata:
 
 def build_metadata(batch: "ScheduledBatch", *, num_tokens: int, num_seqs: int,
                    max_blocks: int, block_size: int = BLOCK_SIZE) -> BatchMetadata:
-    """Flatten a scheduled batch into arrays padded to (num_tokens, num_seqs) rows."""
-    n_tok, n_seq = batch.num_tokens, len(batch.seqs)
+    """Flatten a scheduled batch into arrays padded to (num_tokens, num_seqs) rows.
+
+    Vectorized over tokens (one host step per sequence only to copy its block ids), as
+    this runs on the host before every step.
+    """
+    seqs = batch.seqs
+    n_seq = len(seqs)
+    qlens = np.fromiter((len(s.token_ids) for s in seqs), np.int32, n_seq)
+    n_tok = int(qlens.sum())
     if n_tok > num_tokens or n_seq > num_seqs:
         raise ValueError(f"batch of {n_tok} tokens / {n_seq} seqs does not fit padded sizes "
                          f"({num_tokens}, {num_seqs}); pad to at least the batch size")
-    ids = np.zeros(num_tokens, np.int32)
-    pos = np.zeros(num_tokens, np.int32)
-    slots = np.full(num_tokens, -1, np.int32)
+    starts = np.fromiter((s.start for s in seqs), np.int32, n_seq)
+    nblocks = np.fromiter((len(s.block_ids) for s in seqs), np.int32, n_seq)
+    ends = starts + qlens
+    short = np.nonzero((nblocks > max_blocks) | (-(-ends // block_size) > nblocks))[0]
+    if short.size:
+        s = seqs[int(short[0])]
+        end = int(ends[short[0]])
+        raise ValueError(f"request {s.request_id!r}: {end} tokens need "
+                         f"{num_blocks_for(end, block_size)} blocks, it holds "
+                         f"{len(s.block_ids)} (table width {max_blocks})")
     tables = np.zeros((num_seqs, max_blocks), np.int32)
-    lens = np.zeros(num_seqs, np.int32)
+    for row, s in enumerate(seqs):
+        tables[row, :len(s.block_ids)] = s.block_ids
     qsl = np.full(num_seqs + 1, n_tok, np.int32)
+    qsl[0] = 0
+    np.cumsum(qlens, out=qsl[1:n_seq + 1])
+    seq_of = np.repeat(np.arange(n_seq, dtype=np.int32), qlens)
+    pos = np.zeros(num_tokens, np.int32)
+    pos[:n_tok] = np.arange(n_tok, dtype=np.int32) - np.repeat(qsl[:n_seq] - starts, qlens)
+    ids = np.zeros(num_tokens, np.int32)
+    if n_tok:
+        ids[:n_tok] = np.fromiter((t for s in seqs for t in s.token_ids), np.int32, n_tok)
+    slots = np.full(num_tokens, -1, np.int32)
+    p = pos[:n_tok]
+    slots[:n_tok] = tables[seq_of, p // block_size] * block_size + p % block_size
+    lens = np.zeros(num_seqs, np.int32)
+    lens[:n_seq] = ends
     logit_rows = np.zeros(num_seqs, np.int32)
-    t = 0
-    for s, seq in enumerate(batch.seqs):
-        q = len(seq.token_ids)
-        end = seq.start + q
-        if len(seq.block_ids) > max_blocks or num_blocks_for(end, block_size) > len(seq.block_ids):
-            raise ValueError(f"request {seq.request_id!r}: {end} tokens need "
-                             f"{num_blocks_for(end, block_size)} blocks, it holds "
-                             f"{len(seq.block_ids)} (table width {max_blocks})")
-        blocks = np.asarray(seq.block_ids, np.int32)
-        p = np.arange(seq.start, end, dtype=np.int32)
-        ids[t:t + q] = seq.token_ids
-        pos[t:t + q] = p
-        slots[t:t + q] = blocks[p // block_size] * block_size + p % block_size
-        tables[s, :len(blocks)] = blocks
-        lens[s] = end
-        qsl[s] = t
-        t += q
-        logit_rows[s] = t - 1
-    qsl[n_seq] = t
+    logit_rows[:n_seq] = qsl[1:n_seq + 1] - 1
     return BatchMetadata(ids, pos, slots, tables, lens, qsl, logit_rows, n_seq, n_tok)
 
 
