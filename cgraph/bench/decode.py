@@ -174,6 +174,51 @@ def bench_torch(cfg: LlamaConfig, w: dict, meta_by_batch: dict, num_blocks: int,
     return out
 
 
+def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) -> list[dict]:
+    """GPU time of each op of one decode step at this batch (layer 0's weights), graph-timed.
+
+    Each op is captured `reps` times into one graph so launch gaps stay out; the per-step
+    estimate counts layer ops num_layers times. Expects the batch's metadata copied in.
+    """
+    from cgraph import kernels as K
+    from cgraph.capture import capture
+    from cgraph.models import llama
+
+    model, cfg = eng.model, eng.model.cfg
+    inp, ws = eng._views_for(batch, batch)
+    layer, (kc, vc) = model.layers[0], eng.kv_cache[0]
+    kv_bytes = batch * (context + 1) * 2 * cfg.kv_size * 2
+    w = lambda name: layer[name].nbytes  # noqa: E731
+    ops = [
+        ("qkv gemm", lambda: K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv), w("w_qkv"), cfg.num_layers),
+        ("rotary", lambda: K.rotary_embedding(inp.positions, ws.q, ws.k, model.cos_sin,
+                                              head_size=cfg.head_dim), 0, cfg.num_layers),
+        ("kv write + paged attention", lambda: llama._attention(ws.q3, ws.k3, ws.v3, kc, vc, inp, ws.attn3,
+                                                                1, model.scale), kv_bytes, cfg.num_layers),
+        ("o gemm", lambda: K.gemm(ws.attn, layer["wo"], out=ws.delta), w("wo"), cfg.num_layers),
+        ("rms_norm + residual (x2)", lambda: K.rms_norm(ws.delta, layer["post_norm"], cfg.rms_eps,
+                                                       out=ws.hidden, residual=ws.residual), 0,
+         2 * cfg.num_layers),
+        ("gate_up gemm", lambda: K.gemm(ws.hidden, layer["w_gate_up"], out=ws.gate_up), w("w_gate_up"),
+         cfg.num_layers),
+        ("silu_and_mul", lambda: K.silu_and_mul(ws.gate_up, out=ws.act), 0, cfg.num_layers),
+        ("down gemm", lambda: K.gemm(ws.act, layer["w_down"], out=ws.delta), w("w_down"), cfg.num_layers),
+        ("lm_head gemm", lambda: K.gemm(ws.last, model.lm_head, out=ws.logits), model.lm_head.nbytes, 1),
+        ("argmax", lambda: K.argmax(ws.logits, out=ws.next_tokens), 0, 1),
+    ]
+    rows = []
+    for name, op, nbytes, count in ops:
+        def body(op=op):
+            for _ in range(reps):
+                op()
+        g = capture(body, name=name)
+        t = time_steps(cp, g.replay, iters=5, rounds=5) / reps
+        g.close()
+        rows.append({"batch": batch, "op": name, "us": t * 1e6, "per_step": count,
+                     "step_us": t * 1e6 * count, "GB/s": nbytes / t / 1e9 if nbytes else ""})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,8,32,128")
@@ -182,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time each op of the step (notebooks/results/decode_breakdown.*)")
     a = ap.parse_args(argv)
     from cgraph._gpu import require_device
     from cgraph.engine.engine import Engine
@@ -198,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     gcfg = GraphConfig("full_and_piecewise", capture_sizes=batches, max_num_seqs=top,
                        max_num_batched_tokens=top)
     bw = copy_bandwidth(cp)
-    rows, meta_by_batch = [], {}
+    rows, meta_by_batch, breakdown = [], {}, []
     with Engine(model, gcfg, num_kv_blocks=top * per_seq) as eng:
         for k_cache, v_cache in eng.kv_cache:  # random keys and values: real data, not zeros
             k_cache[...] = cp.random.standard_normal(k_cache.shape, dtype=cp.float32).astype(cfg.dtype)
@@ -227,6 +274,13 @@ def main(argv: list[str] | None = None) -> None:
                          "piecewise_us": t_piece * 1e6, "none/full": t_none / t_full,
                          "floor_us": floor * 1e6, "full/floor": t_full / floor,
                          "same_tokens": toks[0] == toks[1] == toks[2]})
+            if a.breakdown:
+                ops = op_breakdown(cp, eng, batch, a.context)
+                ops.append({"batch": batch, "op": "sum of ops (estimate)", "us": "", "per_step": "",
+                            "step_us": sum(r["step_us"] for r in ops), "GB/s": ""})
+                ops.append({"batch": batch, "op": "FULL step (measured)", "us": "", "per_step": "",
+                            "step_us": t_full * 1e6, "GB/s": ""})
+                breakdown += ops
     torch_note = "torch not measured (--no-torch)"
     if not a.no_torch:
         try:
@@ -254,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     cols = ["batch", "none_us", "piecewise_us", "full_us", "none/full", "floor_us", "full/floor",
             "torch_eager_us", "torch_graph_us", "full/torch_graph", "same_tokens"]
+    if breakdown:
+        write_results("decode_breakdown", breakdown, title="Decode step by op (graph-timed, GPU time)",
+                      notes=[f"bandwidth column: bytes of weights (gemm) or KV read (attention) / time; "
+                             f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)",
+                             "each op captured 20 times in one graph; layer ops count num_layers times"])
     write_results("decode", rows, title="Decode step: cgraph NONE / PIECEWISE / FULL vs floor and torch",
                   notes=notes, columns=cols, extra={"copy_bandwidth_Bps": bw, "context": a.context})
 
