@@ -4,8 +4,8 @@
 template <class D, int V>
 __device__ __forceinline__ void silu_and_mul_body(typename D::T* __restrict__ out,
                                                   const typename D::T* __restrict__ x, int I) {
-  const i64 t = blockIdx.y;
-  const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+  const i64 t = blockIdx.x;  // rows on x: gridDim.y is limited to 65535
+  const int i = (blockIdx.y * blockDim.x + threadIdx.x) * V;
   if (i >= I) return;
   float a[V], b[V];
   load_f<D, V>(x + t * 2 * I + i, a);

@@ -6,8 +6,8 @@ template <class D, int V>
 __device__ __forceinline__ void embedding_body(typename D::T* __restrict__ out, const int* __restrict__ ids,
                                                const typename D::T* __restrict__ table, int vocab, int H) {
   typedef typename D::T T;
-  const int t = blockIdx.y;
-  const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+  const int t = blockIdx.x;  // rows on x: gridDim.y is limited to 65535
+  const int i = (blockIdx.y * blockDim.x + threadIdx.x) * V;
   if (i >= H) return;
   const int id = ids[t];
   T* dst = out + (i64)t * H + i;

@@ -102,6 +102,7 @@ def memory_bound_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) ->
         rows.append({"kernel": name, "shape": shape, "dtype": dt, "ours_us": seconds * 1e6,
                      "ref_us": nbytes / copy_bw * 1e6, "pct": 100 * bw / copy_bw,
                      "detail": f"{bw / 1e9:.0f} GB/s"})
+        print(rows[-1], flush=True)
 
     t, h = 16384, 8192
     x, res, w, out = _rand(cp, (t, h), d), _rand(cp, (t, h), d), _rand(cp, (h,), d), cp.empty((t, h), d)
@@ -146,6 +147,19 @@ def memory_bound_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) ->
     table, ids, out = _rand(cp, (vocab, h), d), cp.random.randint(0, vocab, size=t, dtype=cp.int32), cp.empty((t, h), d)
     row("embedding", f"T={t} H={h}", timer(lambda: K.embedding(ids, table, out=out)), 2 * t * h * item)
     del table, out
+    # vision-encoder attention (informational: no baseline in this run)
+    n_img, seq, heads, hd2 = 4, 1024, 16, 64
+    tt = n_img * seq
+    qkv = _rand(cp, (tt, 3 * heads, hd2), d)
+    cu = cp.arange(0, tt + 1, seq, dtype=cp.int32)
+    vout = cp.empty((tt, heads, hd2), d)
+    sec = timer(lambda: K.varlen_attention(qkv[:, :heads], qkv[:, heads:2 * heads], qkv[:, 2 * heads:], out=vout,
+                                           cu_seqlens=cu, max_seqlen=seq, causal=False, scale=0.125))
+    rows.append({"kernel": "varlen_attention (info)", "shape": f"{n_img}x{seq} tokens H={heads} D={hd2} bidir",
+                 "dtype": dt, "ours_us": sec * 1e6, "ref_us": "", "pct": "",
+                 "detail": f"{4 * n_img * seq * seq * heads * hd2 / sec / 1e12:.1f} TFLOP/s"})
+    print(rows[-1], flush=True)
+    del qkv, vout
     t, vocab = 512, 128256
     logits, toks = _rand(cp, (t, vocab), d), cp.empty((t,), cp.int32)
     row("argmax", f"T={t} V={vocab}", timer(lambda: K.argmax(logits, out=toks)), t * vocab * item)
@@ -215,6 +229,7 @@ def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[
             rows.append({"kernel": "gemm", "shape": f"M={m} N={n} K={k}", "dtype": dt, "ours_us": ours * 1e6,
                          "ref_us": cub * 1e6, "pct": 100 * cub / ours,
                          "detail": f"{plan.kind}:{plan.kernel} {flops / ours / 1e12:.0f} TFLOP/s vs {lib}"})
+            print(rows[-1], flush=True)
             if tune and m <= 128:
                 for force in _alternatives(m):
                     p = ops._gemm_launch(As[0], ws[0], out, None, None, **force)

@@ -147,7 +147,7 @@ def embedding(ids: Any, table: Any, *, out: Any, stream: Any = None) -> Any:
         return out
     v = _vec(dt) if hidden % _vec(dt) == 0 and _aligned(p[1], p[2]) else 1
     threads = _threads(hidden // v)
-    _launch("embedding", f"embedding_{_TAGS[dt]}_v{v}", (-(-hidden // v // threads) or 1, t), threads,
+    _launch("embedding", f"embedding_{_TAGS[dt]}_v{v}", (t, -(-hidden // v // threads)), threads,
             (out, ids, table, _i32(vocab), _i32(hidden)), stream)
     return out
 
@@ -259,7 +259,7 @@ def silu_and_mul(x: Any, *, out: Any, stream: Any = None) -> Any:
         return out
     v = _vec(dt) if i % _vec(dt) == 0 and _aligned(*ptrs) else 1
     threads = _threads(i // v)
-    _launch("activation", f"silu_and_mul_{_TAGS[dt]}_v{v}", (-(-(i // v) // threads), t), threads,
+    _launch("activation", f"silu_and_mul_{_TAGS[dt]}_v{v}", (t, -(-(i // v) // threads)), threads,
             (out, x, _i32(i)), stream)
     return out
 
