@@ -9,8 +9,6 @@ suggestions) is imported here eagerly and needs neither CuPy nor a GPU. The GPU 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 from cgraph.config import GraphConfig
@@ -25,8 +23,8 @@ __version__ = "0.1.0"
 # GPU name -> the module that defines it (imported lazily by __getattr__).
 _LAZY = {
     "GraphPool": "cgraph.pool",
-    "capture": "cgraph.capture",
-    "CapturedGraph": "cgraph.capture",
+    "capture": "cgraph.graph",
+    "CapturedGraph": "cgraph.graph",
     "StaticBuffers": "cgraph.buffers",
     "host_callback": "cgraph.callbacks",
     "GraphRunner": "cgraph.runner",
@@ -60,23 +58,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-# Public names that are also submodule names: `cgraph.capture` is the function.
-_SHADOWED = frozenset({"capture"})
-
-
-class _Package(types.ModuleType):
-    """The cgraph module type: keeps `cgraph.capture` the function, not the submodule.
-
-    Importing a submodule binds it as an attribute of its package; without this, the
-    first `import cgraph.capture` anywhere (runner.py does it) would replace the
-    function with the module. Reach the module as `sys.modules["cgraph.capture"]`.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            value = getattr(value, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

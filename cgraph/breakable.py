@@ -25,7 +25,7 @@ import attrs
 from cgraph import _state, callbacks
 from cgraph._gpu import require_device
 from cgraph._tree import array_leaves
-from cgraph.capture import _end_quietly, _validate_capture_stream, graph_node_count
+from cgraph.graph import _end_quietly, _validate_capture_stream, graph_node_count
 from cgraph.errors import CaptureError, GraphClosedError
 from cgraph.pool import GraphPool
 from cgraph.runner import _Runner

@@ -15,7 +15,7 @@ from typing import Any
 from cgraph import _state
 from cgraph._gpu import GPUUnavailableError, require_device
 from cgraph._tree import array_leaves
-from cgraph.capture import CapturedGraph
+from cgraph.graph import CapturedGraph
 from cgraph.errors import CaptureError
 
 

@@ -257,7 +257,7 @@ class GraphRunner(_Runner):
     """
 
     def _capture_entry(self, descriptor: BatchDescriptor, args: tuple, kwargs: dict) -> Any:
-        from cgraph.capture import capture
+        from cgraph.graph import capture
 
         return capture(self.fn, *args, pool=self.pool, warmup=self.warmup,
                        name=f"{self.name}[{self.mode.name} {descriptor}]", **kwargs)

@@ -16,7 +16,7 @@ cp = pytest.importorskip("cupy")
 from cgraph import BatchDescriptor, GraphMode, _state  # noqa: E402
 from cgraph.breakable import BreakableCapture, BreakableRunner, eager_break  # noqa: E402
 from cgraph.callbacks import host_callback  # noqa: E402
-from cgraph.capture import capture  # noqa: E402
+from cgraph.graph import capture  # noqa: E402
 from cgraph.errors import NestedCaptureError  # noqa: E402
 from cgraph.runner import capture_phase  # noqa: E402
 

@@ -30,7 +30,7 @@ BLOCKED = textwrap.dedent("""
     assert main(["--requests", "4", "--max-prompt", "30", "--new-tokens", "3"]) == 0
     import cgraph.bench.dispatch
     assert sys.modules["cupy"] is None
-    gpu = [m for m in sys.modules if m.split(".")[:2] in (["cgraph", "pool"], ["cgraph", "capture"],
+    gpu = [m for m in sys.modules if m.split(".")[:2] in (["cgraph", "pool"], ["cgraph", "graph"],
            ["cgraph", "runner"], ["cgraph", "kernels"], ["cgraph", "breakable"])]
     assert not gpu, gpu
     print("PURE-OK")
@@ -56,11 +56,10 @@ def test_unknown_attribute_and_dir():
 
 FAKES = {
     "pool.py": "class GraphPool:\n    pass\n",
-    "capture.py": "def capture(fn, *a, **k):\n    return 'captured'\nclass CapturedGraph:\n    pass\n",
+    "graph.py": "def capture(fn, *a, **k):\n    return 'captured'\nclass CapturedGraph:\n    pass\n",
     "buffers.py": "class StaticBuffers:\n    pass\n",
     "callbacks.py": "def host_callback(fn):\n    return fn\n",
-    # runner imports the capture *module*, which binds cgraph.capture during the import
-    "runner.py": ("import cgraph.capture as _c\nfrom cgraph.capture import capture\n"
+    "runner.py": ("from cgraph.graph import capture\n"
                   "class GraphRunner:\n    pass\n"
                   "def batch_context(*a):\n    pass\ndef capture_phase():\n    pass\n"
                   "def capture_all(*a):\n    pass\n"),
@@ -75,8 +74,8 @@ LAZY = textwrap.dedent("""
     import cgraph
     assert cgraph.__file__.startswith(os.environ["EXPECT_ROOT"]), cgraph.__file__
     assert "cgraph.runner" not in sys.modules
-    runner = cgraph.GraphRunner          # imports cgraph.runner, which imports cgraph.capture
-    assert runner.__name__ == "GraphRunner" and "cgraph.capture" in sys.modules
+    runner = cgraph.GraphRunner          # imports cgraph.runner, which imports cgraph.graph
+    assert runner.__name__ == "GraphRunner" and "cgraph.graph" in sys.modules
     assert callable(cgraph.capture) and cgraph.capture(None) == "captured"
     from cgraph import capture, CapturedGraph, GraphPool, StaticBuffers, host_callback
     from cgraph import batch_context, capture_phase, capture_all, BreakableCapture, BreakableRunner, eager_break
@@ -88,7 +87,7 @@ LAZY = textwrap.dedent("""
 """)
 
 
-def test_gpu_names_resolve_lazily_and_capture_stays_the_function(tmp_path):
+def test_gpu_names_resolve_lazily(tmp_path):
     # A copy of the package with stand-in GPU modules: checks the lazy import mechanism only.
     pkg = tmp_path / "cgraph"
     shutil.copytree(ROOT, pkg, ignore=shutil.ignore_patterns("__pycache__"))

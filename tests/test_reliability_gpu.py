@@ -16,7 +16,7 @@ cp = pytest.importorskip("cupy")
 from cgraph import BatchDescriptor, GraphMode, _state  # noqa: E402
 from cgraph.breakable import BreakableRunner, eager_break  # noqa: E402
 from cgraph.buffers import StaticBuffers  # noqa: E402
-from cgraph.capture import capture  # noqa: E402
+from cgraph.graph import capture  # noqa: E402
 from cgraph.errors import CaptureError, GraphClosedError  # noqa: E402
 from cgraph.pool import GraphPool  # noqa: E402
 from cgraph.runner import GraphRunner, capture_phase  # noqa: E402

@@ -31,7 +31,7 @@ extern "C" __global__ void bump(float* x, float a, int n) {
 def main() -> None:
     cp = require_device()
     from cgraph.breakable import BreakableCapture, eager_break
-    from cgraph.capture import capture
+    from cgraph.graph import capture
 
     bump = cp.RawKernel(_SRC, "bump")
     x = cp.asarray(np.random.default_rng().uniform(1, 2, 1024).astype(np.float32))

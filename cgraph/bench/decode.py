@@ -181,7 +181,7 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
     estimate counts layer ops num_layers times. Expects the batch's metadata copied in.
     """
     from cgraph import kernels as K
-    from cgraph.capture import capture
+    from cgraph.graph import capture
     from cgraph.models import llama
 
     model, cfg = eng.model, eng.model.cfg

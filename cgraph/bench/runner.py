@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=12, help="kernel pairs in the capture-cost model")
     args = parser.parse_args(argv)
     cp = require_device()
-    from cgraph.capture import capture
+    from cgraph.graph import capture
     from cgraph.pool import GraphPool
     from cgraph.runner import GraphRunner, capture_all, capture_phase
 

@@ -75,7 +75,7 @@ class EncoderGraphManager:
     ) -> None:
         cp = require_device()
         from cgraph.buffers import StaticBuffers  # noqa: PLC0415 - GPU layer
-        from cgraph.capture import capture  # noqa: PLC0415
+        from cgraph.graph import capture  # noqa: PLC0415
         from cgraph.pool import GraphPool  # noqa: PLC0415
 
         if not isinstance(model, VisionEncoder):
