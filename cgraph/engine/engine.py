@@ -145,8 +145,12 @@ class Engine:
         return self.pool.total_bytes()
 
     # --- serving --------------------------------------------------------------------------
-    def step(self, batch: ScheduledBatch) -> tuple[list[int], StepRecord]:
-        """Run one scheduled batch; return each sequence's greedy token and the step record."""
+    def step(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[list[int], StepRecord]:
+        """Run one scheduled batch; return each sequence's greedy token and the step record.
+
+        eager=True runs the same padded step without any graph (the reference a graph replay
+        must match bit for bit); the KV cache receives the same values either way.
+        """
         t0 = time.perf_counter()
         uniform = batch.uniform_decode
         n_tok = batch.num_tokens
@@ -154,6 +158,8 @@ class Engine:
         padded = desc.num_tokens
         seq_rows = self.num_seq_rows(padded)
         qlen = self.max_query_len(desc, desc.uniform if mode is not GraphMode.NONE else uniform)
+        if eager:
+            mode = GraphMode.NONE  # same padded size and attention path, no graph
         self._copy_in(build_metadata(batch, num_tokens=padded, num_seqs=seq_rows,
                                      max_blocks=self.max_blocks))
         if mode is GraphMode.FULL:
