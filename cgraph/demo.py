@@ -1,9 +1,10 @@
 """`python -m cgraph.demo`: how a serving workload would use CUDA graphs, per graph mode.
 
 The demo builds a synthetic workload (requests with random prompt lengths, each
-generating a fixed number of tokens), runs a small continuous-batching schedule over
-it, and dispatches every step's batch under each graph mode. It prints, per mode, which
-graph each batch size hits, the hit rate and the padding waste.
+generating a fixed number of tokens), runs the engine's scheduler over it on the host
+(the batch shapes do not depend on the tokens sampled), and dispatches every step's
+batch under each graph mode with the GraphConfig the GPU run uses. It prints, per mode,
+which graph each batch size hits, the hit rate and the padding waste.
 
 On a machine with a CUDA GPU (and without --no-gpu) it hands over to the GPU demo
 (cgraph.engine.demo_gpu), which runs the workload on a small decoder model.
@@ -12,81 +13,18 @@ On a machine with a CUDA GPU (and without --no-gpu) it hands over to the GPU dem
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from typing import Sequence
 
-import attrs
-
 from cgraph.config import GraphConfig
 from cgraph.dispatch import build_dispatch_table
+from cgraph.engine.workload import demo_max_seq_len, plan_batches, serving_config, synthetic_requests
 from cgraph.modes import GraphMode
 from cgraph.padding import PaddingReport, padding_report
 from cgraph.sizes import padded_tokens, suggest_capture_sizes
 
 ALL_MODES = (GraphMode.NONE, GraphMode.PIECEWISE, GraphMode.FULL,
              GraphMode.FULL_DECODE_ONLY, GraphMode.FULL_AND_PIECEWISE)
-
-
-@attrs.frozen
-class Step:
-    """One scheduler step: its batch of tokens and whether it is a uniform decode."""
-
-    num_tokens: int
-    num_reqs: int
-    uniform: bool
-
-
-def simulate_steps(
-    requests: int, max_prompt: int, new_tokens: int, max_num_seqs: int,
-    max_num_batched_tokens: int, seed: int = 0,
-) -> list[Step]:
-    """A deterministic continuous-batching schedule of a synthetic workload.
-
-    Request i arrives at a random step in [0, requests) with a prompt of 1..max_prompt
-    tokens and generates ``new_tokens`` tokens: its last prefill step samples the first,
-    each later step decodes one more. Every step first decodes all running requests, then
-    continues or admits prefills (chunked to fit) while there is token budget and a free
-    sequence slot. A step is a uniform decode when it only decodes.
-    """
-    rng = random.Random(seed)
-    arrivals = sorted((rng.randrange(max(requests, 1)), rng.randint(1, max_prompt))
-                      for _ in range(requests))
-    waiting = list(arrivals)
-    prefilling: list[list[int]] = []  # [prompt tokens left]
-    decoding: list[list[int]] = []  # [tokens left to generate]
-    steps: list[Step] = []
-    clock = 0
-    while waiting or prefilling or decoding:
-        budget = max_num_batched_tokens
-        num_reqs = 0
-        for req in decoding[:budget]:
-            req[0] -= 1
-            budget -= 1
-            num_reqs += 1
-        only_decode = num_reqs > 0
-        while budget > 0 and (prefilling or (waiting and waiting[0][0] <= clock
-                                             and len(decoding) + len(prefilling) < max_num_seqs)):
-            if not prefilling:
-                prefilling.append([waiting.pop(0)[1]])
-            req = prefilling[0]
-            chunk = min(req[0], budget)
-            req[0] -= chunk
-            budget -= chunk
-            num_reqs += 1
-            only_decode = False
-            if req[0] == 0:
-                prefilling.pop(0)
-                if new_tokens > 1:
-                    decoding.append([new_tokens - 1])
-            else:
-                break  # a partly prefilled request resumes next step
-        decoding = [r for r in decoding if r[0] > 0]
-        used = max_num_batched_tokens - budget
-        if used:
-            steps.append(Step(used, num_reqs, only_decode))
-        clock += 1
-    return steps
 
 
 def _histogram_line(report: PaddingReport, mode: GraphMode, limit: int = 10) -> str:
@@ -104,21 +42,23 @@ def print_plan(args: argparse.Namespace, out=None) -> dict[GraphMode, PaddingRep
     """Simulate the workload and print each mode's dispatch plan (to ``out``, default
     stdout); return the reports."""
     out = sys.stdout if out is None else out
-    steps = simulate_steps(args.requests, args.max_prompt, args.new_tokens, args.max_num_seqs,
-                           args.max_num_batched_tokens, args.seed)
-    batches = [(s.num_tokens, s.uniform) for s in steps]
-    uniform = sum(s.uniform for s in steps)
-    tokens = sum(s.num_tokens for s in steps)
+    requests = synthetic_requests(args.requests, max_prompt=args.max_prompt, new_tokens=args.new_tokens,
+                                  vocab_size=2, seed=args.seed)
+    batches = plan_batches(requests, max_num_seqs=args.max_num_seqs,
+                           max_num_batched_tokens=args.max_num_batched_tokens,
+                           max_seq_len=demo_max_seq_len(args.max_prompt, args.new_tokens))
+    uniform = sum(u for _, u in batches)
+    tokens = sum(n for n, _ in batches)
     print(f"Workload: {args.requests} requests, prompts 1..{args.max_prompt} tokens, "
           f"{args.new_tokens} new tokens each, max_num_seqs={args.max_num_seqs}, "
           f"max_num_batched_tokens={args.max_num_batched_tokens}", file=out)
-    print(f"  {len(steps)} steps ({uniform} uniform decode, {len(steps) - uniform} prefill/mixed), "
+    print(f"  {len(batches)} steps ({uniform} uniform decode, {len(batches) - uniform} prefill/mixed), "
           f"{tokens} real tokens", file=out)
     reports = {}
     cfg = None
     for mode in args.modes:
-        cfg = GraphConfig(mode, max_num_seqs=args.max_num_seqs,
-                          max_num_batched_tokens=args.max_num_batched_tokens)
+        cfg = serving_config(mode, max_num_seqs=args.max_num_seqs,
+                             max_num_batched_tokens=args.max_num_batched_tokens)
         table = build_dispatch_table(cfg)
         report = padding_report(table, batches)
         reports[mode] = report
@@ -135,7 +75,7 @@ def print_plan(args: argparse.Namespace, out=None) -> dict[GraphMode, PaddingRep
                   f"{line}", file=out)
     print("\n  (graph hits read SIZE[u]xBATCHES: padded size, u = uniform decode graph)", file=out)
     if cfg is not None:
-        _print_suggestion(cfg, steps, out)
+        _print_suggestion(cfg, [n for n, _ in batches], out)
     print("\nA GPU run (on a CUDA machine, without --no-gpu) hands over to "
           "cgraph.engine.demo_gpu, which runs this workload on a small decoder "
           f"({args.layers} layers, hidden {args.hidden}) with these graphs captured and "
@@ -143,8 +83,8 @@ def print_plan(args: argparse.Namespace, out=None) -> dict[GraphMode, PaddingRep
     return reports
 
 
-def _print_suggestion(cfg: GraphConfig, steps: Sequence[Step], out) -> None:
-    observed = [s.num_tokens for s in steps if s.num_tokens <= cfg.max_capture_size]
+def _print_suggestion(cfg: GraphConfig, sizes: Sequence[int], out) -> None:
+    observed = [n for n in sizes if n <= cfg.max_capture_size]
     if not observed:
         return
     # The default sizes this workload can reach, against as many tuned ones.
@@ -172,6 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=512, help="hidden size (GPU run)")
     parser.add_argument("--seed", type=int, default=0, help="workload and weights seed")
     parser.add_argument("--no-gpu", action="store_true", help="print the dispatch plan only")
+    parser.add_argument("--save-results", action="store_true",
+                        help="GPU run: also write notebooks/results/demo_gpu.{json,md}")
     args = parser.parse_args(argv)
     try:
         args.modes = [GraphMode.parse(m) for m in args.modes.split(",") if m.strip()]

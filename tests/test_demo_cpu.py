@@ -1,36 +1,28 @@
-"""The demo's CPU path: the simulated schedule obeys its limits, the plan prints per mode."""
+"""The demo's CPU path: the plan is the engine's schedule, printed per mode."""
 
 from __future__ import annotations
 
 import io
-import random
 import subprocess
 import sys
 
 import pytest
 
 from cgraph import GraphMode
-from cgraph.demo import main, parse_args, print_plan, simulate_steps
+from cgraph.demo import main, parse_args, print_plan
+from cgraph.engine.workload import demo_max_seq_len, plan_batches, synthetic_requests
 
 
-@pytest.mark.parametrize("trial", range(5))
-def test_schedule_respects_limits_and_processes_every_token(trial):
-    rng = random.Random()
-    requests, max_prompt = rng.randint(1, 40), rng.randint(1, 300)
-    new_tokens, seqs, budget = rng.randint(1, 20), rng.randint(1, 16), rng.randint(16, 512)
-    seed = rng.randint(0, 10**6)
-    steps = simulate_steps(requests, max_prompt, new_tokens, seqs, budget, seed)
-    assert steps == simulate_steps(requests, max_prompt, new_tokens, seqs, budget, seed)
-    total = sum(s.num_tokens for s in steps)
-    assert all(1 <= s.num_tokens <= budget for s in steps)
-    assert all(1 <= s.num_reqs <= s.num_tokens for s in steps)
-    for s in steps:
-        if s.uniform:
-            assert s.num_tokens == s.num_reqs <= seqs
-    # Every prompt token and every decode token after the first sampled one is computed.
-    rng2 = random.Random(seed)
-    arrivals = [(rng2.randrange(max(requests, 1)), rng2.randint(1, max_prompt)) for _ in range(requests)]
-    assert total == sum(p for _, p in arrivals) + requests * (new_tokens - 1)
+def test_plan_is_the_engine_schedule_of_the_gpu_run():
+    """The CPU plan dispatches exactly the batches the GPU engine will run."""
+    args = parse_args(["--no-gpu", "--requests", "10", "--max-prompt", "60", "--new-tokens", "4",
+                       "--max-num-seqs", "4", "--max-num-batched-tokens", "64", "--modes", "full"])
+    requests = synthetic_requests(10, max_prompt=60, new_tokens=4, vocab_size=2, seed=0)
+    batches = plan_batches(requests, max_num_seqs=4, max_num_batched_tokens=64,
+                           max_seq_len=demo_max_seq_len(60, 4))
+    report = print_plan(args, io.StringIO())[GraphMode.FULL]
+    assert report.batches == len(batches)
+    assert report.real_tokens == sum(n for n, _ in batches) == sum(len(r.prompt) + 3 for r in requests)
 
 
 def test_plan_prints_every_requested_mode():
@@ -44,7 +36,9 @@ def test_plan_prints_every_requested_mode():
     assert "\nFULL: " in text and "\nFULL_AND_PIECEWISE: " in text and "\nPIECEWISE: " not in text
     for report in reports.values():
         assert f"hit rate {report.hit_rate:.1%}" in text
-        assert report.batches == len(simulate_steps(12, 100, 9, 8, 256, 0))
+        assert report.batches == len(plan_batches(
+            synthetic_requests(12, max_prompt=100, new_tokens=9, vocab_size=2, seed=0),
+            max_num_seqs=8, max_num_batched_tokens=256, max_seq_len=demo_max_seq_len(100, 9)))
     assert "GPU run" in text
 
 

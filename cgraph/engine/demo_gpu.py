@@ -17,8 +17,7 @@ import time
 from typing import Any
 
 from cgraph.bench._report import device_name, markdown_table
-from cgraph.config import GraphConfig, default_capture_sizes
-from cgraph.engine.workload import synthetic_requests
+from cgraph.engine.workload import demo_max_seq_len, serving_config, synthetic_requests
 from cgraph.models.config import LlamaConfig
 from cgraph.modes import GraphMode
 
@@ -57,7 +56,7 @@ def run_gpu_demo(args: Any) -> int:
     if max_prompt > budget:
         raise ValueError(f"--max-prompt {max_prompt} exceeds --max-num-batched-tokens {budget}: a "
                          "prompt is prefilled in one step; raise the budget or shorten prompts")
-    max_seq = 1 << max(10, (max_prompt + new_tokens - 1).bit_length())
+    max_seq = demo_max_seq_len(max_prompt, new_tokens)
     cfg = model_config(get("layers", 4), get("hidden", 512), max_seq_len=max_seq)
     modes = _modes(get("modes", None))
     print(f"device: {device_name()}")
@@ -69,11 +68,9 @@ def run_gpu_demo(args: Any) -> int:
     print(f"weights: {model.weight_bytes / 2**20:.1f} MiB on device ({time.perf_counter() - t0:.1f} s)")
     requests = synthetic_requests(n_req, max_prompt=max_prompt, new_tokens=new_tokens,
                                   vocab_size=cfg.vocab_size, seed=seed)
-    sizes = default_capture_sizes(budget)
     rows, reference, failed = [], None, []
     for mode in modes:
-        gcfg = GraphConfig(mode, capture_sizes=None if mode == "none" else sizes,
-                           max_num_seqs=seqs, max_num_batched_tokens=budget)
+        gcfg = serving_config(mode, max_num_seqs=seqs, max_num_batched_tokens=budget)
         with Engine(model, gcfg) as engine:
             if mode != "none":
                 engine.capture(progress=True)
@@ -100,6 +97,13 @@ def run_gpu_demo(args: Any) -> int:
               f"{s['tokens_per_s']:.0f} tokens/s, same tokens as eager: {'yes' if same else 'NO'}")
     print()
     print(markdown_table(rows))
+    if get("save_results", False):
+        from cgraph.bench._report import write_results
+
+        write_results("demo_gpu", rows, title="python -m cgraph.demo (GPU run)",
+                      notes=[f"model: {cfg}",
+                             f"workload: {n_req} requests, prompts 1..{max_prompt}, {new_tokens} new tokens "
+                             f"each; max_num_seqs={seqs}, max_num_batched_tokens={budget}"])
     if failed:
         print("FAILED: graph modes must generate exactly the eager tokens:\n  " + "\n  ".join(failed),
               file=sys.stderr)

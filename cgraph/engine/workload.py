@@ -11,8 +11,24 @@ from typing import Sequence
 
 import numpy as np
 
+from cgraph.config import GraphConfig, default_capture_sizes
 from cgraph.engine.metadata import BLOCK_SIZE, BlockAllocator, num_blocks_for
 from cgraph.engine.scheduler import Request, Scheduler
+from cgraph.modes import GraphMode
+
+
+def demo_max_seq_len(max_prompt: int, new_tokens: int) -> int:
+    """The demo model's max sequence length: a power of two >= 1024 that fits every request."""
+    return 1 << max(10, (max_prompt + new_tokens - 1).bit_length())
+
+
+def serving_config(mode: GraphMode | str, *, max_num_seqs: int, max_num_batched_tokens: int) -> GraphConfig:
+    """The GraphConfig the demo serves with: graph modes capture every default size up to
+    the token budget (not only up to 512), so mixed prefill batches hit graphs too."""
+    mode = GraphMode.parse(mode)
+    sizes = None if mode is GraphMode.NONE else default_capture_sizes(max_num_batched_tokens)
+    return GraphConfig(mode, capture_sizes=sizes, max_num_seqs=max_num_seqs,
+                       max_num_batched_tokens=max_num_batched_tokens)
 
 
 def synthetic_requests(num_requests: int, *, max_prompt: int, new_tokens: int, vocab_size: int,
