@@ -23,6 +23,21 @@ __device__ __forceinline__ int find_segment(const int* __restrict__ starts, int 
   return lo;
 }
 
+__device__ __forceinline__ uint4 ld_nc16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+template <class D>
+__device__ __forceinline__ void unpack16(const uint4& v, float* out) {
+  union { uint4 v; typename D::T e[16 / sizeof(typename D::T)]; } u;
+  u.v = v;
+#pragma unroll
+  for (int i = 0; i < 16 / (int)sizeof(typename D::T); ++i) out[i] = D::to_f(u.e[i]);
+}
+
 template <class D, int TG, int GB>
 __device__ __forceinline__ void attention_body(
     typename D::T* __restrict__ out, const typename D::T* __restrict__ q,
@@ -96,47 +111,41 @@ __device__ __forceinline__ void attention_body(
   const int* bt = block_tables + (i64)s * max_blocks;
   const i64 head_off = (i64)kvh * Dh + d0;
 
-  for (int base = warp * KPW; base < n_keys; base += 2 * NG) {
-    const int key0 = base + gi, key1 = base + NG + gi;
-    const bool ok0 = key0 < n_keys, ok1 = key1 < n_keys;
-    float k0[VE], k1[VE], v0[VE], v1[VE];
+  constexpr int U = 4;  // keys per group per iteration: 2*U 16-byte loads in flight per lane
+  for (int base = warp * KPW; base < n_keys; base += U * NG) {
+    uint4 kr[U], vr[U];
+    bool ok[U];
 #pragma unroll
-    for (int e = 0; e < VE; ++e) { k0[e] = 0.f; k1[e] = 0.f; v0[e] = 0.f; v1[e] = 0.f; }
-    if (dact) {
-      if (ok0) {
-        i64 r = (mode == 2) ? kv_start + key0 : (i64)bt[key0 / block_size] * block_size + key0 % block_size;
-        load_f<D, VE>(kb + r * k_stride + head_off, k0);
-        load_f<D, VE>(vb + r * v_stride + head_off, v0);
-      }
-      if (ok1) {
-        i64 r = (mode == 2) ? kv_start + key1 : (i64)bt[key1 / block_size] * block_size + key1 % block_size;
-        load_f<D, VE>(kb + r * k_stride + head_off, k1);
-        load_f<D, VE>(vb + r * v_stride + head_off, v1);
+    for (int u = 0; u < U; ++u) {
+      const int key = base + u * NG + gi;
+      ok[u] = key < n_keys;
+      kr[u] = make_uint4(0, 0, 0, 0);
+      vr[u] = make_uint4(0, 0, 0, 0);
+      if (ok[u] && dact) {
+        const i64 r = (mode == 2) ? kv_start + key : (i64)bt[key / block_size] * block_size + key % block_size;
+        kr[u] = ld_nc16(kb + r * k_stride + head_off);
+        vr[u] = ld_nc16(vb + r * v_stride + head_off);
       }
     }
 #pragma unroll
-    for (int g = 0; g < GB; ++g) {
-      float s0 = 0.f, s1 = 0.f;
+    for (int u = 0; u < U; ++u) {
+      float kf[VE], vf[VE];
+      unpack16<D>(kr[u], kf);
+      unpack16<D>(vr[u], vf);
 #pragma unroll
-      for (int e = 0; e < VE; ++e) { s0 += qf[g][e] * k0[e]; s1 += qf[g][e] * k1[e]; }
+      for (int g = 0; g < GB; ++g) {
+        float sc = 0.f;
 #pragma unroll
-      for (int o = TG / 2; o > 0; o >>= 1) {
-        s0 += __shfl_xor_sync(0xffffffffu, s0, o);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-      }
-      if (ok0) {
-        const float mn = fmaxf(m[g], s0), a = __expf(m[g] - mn), p = __expf(s0 - mn);
-        l[g] = l[g] * a + p;
+        for (int e = 0; e < VE; ++e) sc += qf[g][e] * kf[e];
 #pragma unroll
-        for (int e = 0; e < VE; ++e) acc[g][e] = acc[g][e] * a + p * v0[e];
-        m[g] = mn;
-      }
-      if (ok1) {
-        const float mn = fmaxf(m[g], s1), a = __expf(m[g] - mn), p = __expf(s1 - mn);
-        l[g] = l[g] * a + p;
+        for (int o = TG / 2; o > 0; o >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, o);
+        if (ok[u]) {
+          const float mn = fmaxf(m[g], sc), a = __expf(m[g] - mn), p = __expf(sc - mn);
+          l[g] = l[g] * a + p;
 #pragma unroll
-        for (int e = 0; e < VE; ++e) acc[g][e] = acc[g][e] * a + p * v1[e];
-        m[g] = mn;
+          for (int e = 0; e < VE; ++e) acc[g][e] = acc[g][e] * a + p * vf[e];
+          m[g] = mn;
+        }
       }
     }
   }

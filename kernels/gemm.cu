@@ -232,13 +232,17 @@ __device__ __forceinline__ void gemm_tile_body(u16* __restrict__ out, const u16*
                                                      ktiles_per_split);                            \
   }
 // Tile configurations (keep in sync with cgraph/kernels/gemm_plan.py):
-//   t16:  16x64,  BK 64, 4 warps (1x4), 4 stages   (M <= 16)
-//   t64:  64x64,  BK 64, 4 warps (2x2), 4 stages   (M <= 64)
-//   t128: 128x128, BK 32, 8 warps (2x4), 4 stages  (large M)
+//   t16:  16x64,   BK 64, 4 warps (1x4), 4 stages
+//   t32:  32x64,   BK 64, 4 warps (1x4), 4 stages
+//   t64:  64x64,   BK 64, 4 warps (2x2), 4 stages
+//   t128: 128x128, BK 32, 8 warps (2x4), 4 stages
+//   t256: 128x256, BK 32, 8 warps (2x4, 64x64 per warp), 3 stages
 #define GEMM_CFGS(TAG, DT, S)                                                    \
   GEMM_TILE(gemm_##DT##_t16_s##S, TAG, 16, 64, 64, 1, 4, 4, S)                   \
+  GEMM_TILE(gemm_##DT##_t32_s##S, TAG, 32, 64, 64, 1, 4, 4, S)                   \
   GEMM_TILE(gemm_##DT##_t64_s##S, TAG, 64, 64, 64, 2, 2, 4, S)                   \
-  GEMM_TILE(gemm_##DT##_t128_s##S, TAG, 128, 128, 32, 2, 4, 4, S)
+  GEMM_TILE(gemm_##DT##_t128_s##S, TAG, 128, 128, 32, 2, 4, 4, S)                \
+  GEMM_TILE(gemm_##DT##_t256_s##S, TAG, 128, 256, 32, 2, 4, 3, S)
 GEMM_CFGS(F16, f16, 1)
 GEMM_CFGS(F16, f16, 2)
 GEMM_CFGS(F16, f16, 4)

@@ -1,8 +1,8 @@
 // RMSNorm, optionally fused with the residual add:
 //   without residual: out = x * rsqrt(mean(x^2) + eps) * w
 //   with residual:    residual <- round(x + residual) (in place); out = norm(residual) * w
-// One block per row; the second pass re-reads the row (L1/L2 resident) instead of keeping
-// it in registers, so any hidden size works with one kernel.
+// One block per row; up to 4 chunks per thread stay in registers between the sum of squares
+// and the scaling pass; longer rows re-read the rest (L1/L2 resident).
 #include "common.cuh"
 
 template <class D, int V>
@@ -10,13 +10,32 @@ __device__ __forceinline__ void rms_norm_body(typename D::T* out, const typename
                                               typename D::T* residual, const typename D::T* __restrict__ w,
                                               int H, float eps, int has_residual) {
   typedef typename D::T T;
+  constexpr int NCH = 4;  // row chunks kept in registers between the two passes
   __shared__ float red[32];
   const i64 row = blockIdx.x;
   const T* xr = x + row * H;
   T* rr = residual + row * H;
   T* orow = out + row * H;
+  const int stride = blockDim.x * V;
+  float keep[NCH][V];
   float ss = 0.f;
-  for (int i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) {
+    const int i = c * stride + threadIdx.x * V;
+    if (i < H) {
+      load_f<D, V>(xr + i, keep[c]);
+      if (has_residual) {
+        float b[V];
+        load_f<D, V>(rr + i, b);
+#pragma unroll
+        for (int j = 0; j < V; ++j) keep[c][j] = D::to_f(D::from_f(keep[c][j] + b[j]));
+        store_f<D, V>(rr + i, keep[c]);
+      }
+#pragma unroll
+      for (int j = 0; j < V; ++j) ss += keep[c][j] * keep[c][j];
+    }
+  }
+  for (int i = NCH * stride + threadIdx.x * V; i < H; i += stride) {  // rows longer than the register cache
     float a[V];
     load_f<D, V>(xr + i, a);
     if (has_residual) {
@@ -31,8 +50,19 @@ __device__ __forceinline__ void rms_norm_body(typename D::T* out, const typename
   }
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / (float)H + eps);
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) {
+    const int i = c * stride + threadIdx.x * V;
+    if (i < H) {
+      float g[V];
+      load_f<D, V>(w + i, g);
+#pragma unroll
+      for (int j = 0; j < V; ++j) keep[c][j] = keep[c][j] * inv * g[j];
+      store_f<D, V>(orow + i, keep[c]);
+    }
+  }
   const T* src = has_residual ? rr : xr;
-  for (int i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+  for (int i = NCH * stride + threadIdx.x * V; i < H; i += stride) {
     float a[V], g[V];
     load_f<D, V>(src + i, a);
     load_f<D, V>(w + i, g);

@@ -12,9 +12,13 @@ import attrs
 #: tile name -> (BM, BN, BK, warps, stages); must match GEMM_CFGS in kernels/gemm.cu.
 TILES: dict[str, tuple[int, int, int, int, int]] = {
     "t16": (16, 64, 64, 4, 4),
+    "t32": (32, 64, 64, 4, 4),
     "t64": (64, 64, 64, 4, 4),
     "t128": (128, 128, 32, 8, 4),
+    "t256": (128, 256, 32, 8, 3),
 }
+#: shared memory per multiprocessor usable by blocks on sm_80/sm_90 (bytes).
+SMEM_PER_SM = 227 * 1024
 SPLITS = (1, 2, 4, 8)
 GEMV_ROWS = (1, 2, 4, 8)
 #: largest M served by the GEMV-like kernel by default (weights streamed once per launch).
@@ -25,6 +29,21 @@ def tile_smem_bytes(tile: str) -> int:
     """Dynamic shared memory of a tile kernel: the cp.async pipeline or the fp32 epilogue tile."""
     bm, bn, bk, _, stages = TILES[tile]
     return max(stages * (bm + bn) * (bk + 8) * 2, bm * (bn + 4) * 4)
+
+
+def resident_ctas(tile: str) -> int:
+    """CTAs of a tile kernel that fit on one multiprocessor at once (shared memory bound)."""
+    smem = tile_smem_bytes(tile) + 1024  # the runtime reserves 1 KB per block
+    warps = TILES[tile][3]
+    return max(1, min(SMEM_PER_SM // smem, 64 // warps))
+
+
+def default_tile(m: int) -> str:
+    """Smallest tile height that covers m (weights are read once per M tile)."""
+    for tile, limit in (("t16", 16), ("t32", 32), ("t64", 64), ("t128", 256)):
+        if m <= limit:
+            return tile
+    return "t128"
 
 
 @attrs.frozen
@@ -53,17 +72,20 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
         rows = next(r for r in GEMV_ROWS if r >= m)
         return GemmPlan("gemv", f"m{rows}", (math.ceil(n / 8), 1, 1), 256)
     if tile is None:
-        tile = "t16" if m <= 16 else "t64" if m <= 64 else "t128"
+        tile = default_tile(m)
     if tile not in TILES:
         raise ValueError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)}")
     bm, bn, bk, warps, _ = TILES[tile]
     tiles = math.ceil(m / bm) * math.ceil(n / bn)
     ktiles = math.ceil(k / bk)
     if split is None:
+        # Split K while the grid still fits on the GPU at once: more CTAs in flight means
+        # more weight bytes in flight, which is what skinny (memory-bound) shapes need.
         split = 1
         if cluster:
+            capacity = sm_count * resident_ctas(tile)
             for s in SPLITS[1:]:
-                if tiles * s <= 1.25 * sm_count and math.ceil(ktiles / s) >= 2:
+                if tiles * s <= capacity and math.ceil(ktiles / s) >= 2:
                     split = s
     if split not in SPLITS:
         raise ValueError(f"GEMM split must be one of {SPLITS}, got {split}")

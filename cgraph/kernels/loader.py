@@ -39,7 +39,7 @@ def _attention() -> tuple[str, ...]:
 
 def _gemm() -> tuple[str, ...]:
     names = [f"gemm_{dt}_{tile}_s{s}" for dt in ("f16", "bf16") for s in (1, 2, 4, 8)
-             for tile in ("t16", "t64", "t128")]
+             for tile in ("t16", "t32", "t64", "t128", "t256")]
     names += [f"gemv_{dt}_m{m}" for dt in ("f16", "bf16") for m in (1, 2, 4, 8)]
     names += [f"gemm_fallback_{dt}" for dt in ("f16", "bf16")]
     return tuple(names)
