@@ -149,7 +149,7 @@ def test_gemm_plan_split_only_with_clusters_and_fallback_when_unaligned():
     with pytest.raises(ValueError, match="clusters"):
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=False, tile="t16", split=4)
     with pytest.raises(ValueError, match="tile"):
-        plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=True, tile="t32")
+        plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=True, tile="t48")
 
 
 # ------------------------------------------------------------------ references
