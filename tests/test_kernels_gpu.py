@@ -17,6 +17,7 @@ import pytest
 import cgraph.kernels as K
 from cgraph.kernels import ops
 from cgraph.kernels import reference as ref
+from cgraph.kernels.gemm_plan import TILES
 
 pytestmark = pytest.mark.gpu
 
@@ -191,7 +192,7 @@ def test_gemm_default_plan(cp, dt, m, n, k):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("tile", ["t16", "t64", "t128"])
+@pytest.mark.parametrize("tile", sorted(TILES))
 @pytest.mark.parametrize("split", [1, 2, 4, 8])
 def test_gemm_every_tile_and_cluster_split(cp, dt, tile, split):
     if split > 1 and int(cp.cuda.Device().compute_capability) < 90:
