@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cgraph._gpu import gpu_available
 
 _GPU = gpu_available()
+
+if _GPU and os.environ.get("CGRAPH_TEST_NO_POOL", "") not in ("", "0"):
+    # Under compute-sanitizer: plain cudaMalloc per array, so an out-of-bounds access is
+    # caught at the array's edge instead of landing inside a pooled chunk.
+    import cupy
+
+    cupy.cuda.set_allocator(None)
+    cupy.cuda.set_pinned_memory_allocator(None)
 _REASON = (
     "no usable CUDA device (CuPy missing or no GPU): GPU tests run on the device "
     "machine with `python -m pytest -m gpu`"
