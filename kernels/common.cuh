@@ -61,6 +61,22 @@ __device__ __forceinline__ void store_f(typename D::T* p, const float* in) {
   }
 }
 
+// Unpack / pack a 16-byte vector of N elements (N * sizeof(T) == 16).
+template <class D, int N>
+__device__ __forceinline__ void unpack_vec(const uint4& v, float* out) {
+  union { uint4 v; typename D::T e[16 / sizeof(typename D::T)]; } u;
+  u.v = v;
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = D::to_f(u.e[i]);
+}
+template <class D, int N>
+__device__ __forceinline__ uint4 pack_vec(const float* in) {
+  union { uint4 v; typename D::T e[16 / sizeof(typename D::T)]; } u;
+#pragma unroll
+  for (int i = 0; i < N; ++i) u.e[i] = D::from_f(in[i]);
+  return u.v;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

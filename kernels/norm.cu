@@ -10,32 +10,37 @@ __device__ __forceinline__ void rms_norm_body(typename D::T* out, const typename
                                               typename D::T* residual, const typename D::T* __restrict__ w,
                                               int H, float eps, int has_residual) {
   typedef typename D::T T;
-  constexpr int NCH = 4;  // row chunks kept in registers between the two passes
+  // 16-byte chunks (up to NCH per thread) stay in registers, packed, between the two passes
+  constexpr int NCH = (V * sizeof(T) == 16) ? 4 : 0;
   __shared__ float red[32];
   const i64 row = blockIdx.x;
   const T* xr = x + row * H;
   T* rr = residual + row * H;
   T* orow = out + row * H;
   const int stride = blockDim.x * V;
-  float keep[NCH][V];
+  uint4 keep[NCH > 0 ? NCH : 1];
   float ss = 0.f;
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
     const int i = c * stride + threadIdx.x * V;
     if (i < H) {
-      load_f<D, V>(xr + i, keep[c]);
+      float a[V];
+      keep[c] = *reinterpret_cast<const uint4*>(xr + i);
       if (has_residual) {
         float b[V];
+        unpack_vec<D, V>(keep[c], a);
         load_f<D, V>(rr + i, b);
 #pragma unroll
-        for (int j = 0; j < V; ++j) keep[c][j] = D::to_f(D::from_f(keep[c][j] + b[j]));
-        store_f<D, V>(rr + i, keep[c]);
+        for (int j = 0; j < V; ++j) a[j] += b[j];
+        keep[c] = pack_vec<D, V>(a);  // rounded to the storage dtype, as stored
+        *reinterpret_cast<uint4*>(rr + i) = keep[c];
       }
+      unpack_vec<D, V>(keep[c], a);
 #pragma unroll
-      for (int j = 0; j < V; ++j) ss += keep[c][j] * keep[c][j];
+      for (int j = 0; j < V; ++j) ss += a[j] * a[j];
     }
   }
-  for (int i = NCH * stride + threadIdx.x * V; i < H; i += stride) {  // rows longer than the register cache
+  for (int i = NCH * stride + threadIdx.x * V; i < H; i += stride) {  // beyond the register cache
     float a[V];
     load_f<D, V>(xr + i, a);
     if (has_residual) {
@@ -54,11 +59,12 @@ __device__ __forceinline__ void rms_norm_body(typename D::T* out, const typename
   for (int c = 0; c < NCH; ++c) {
     const int i = c * stride + threadIdx.x * V;
     if (i < H) {
-      float g[V];
+      float a[V], g[V];
+      unpack_vec<D, V>(keep[c], a);
       load_f<D, V>(w + i, g);
 #pragma unroll
-      for (int j = 0; j < V; ++j) keep[c][j] = keep[c][j] * inv * g[j];
-      store_f<D, V>(orow + i, keep[c]);
+      for (int j = 0; j < V; ++j) a[j] = a[j] * inv * g[j];
+      store_f<D, V>(orow + i, a);
     }
   }
   const T* src = has_residual ? rr : xr;

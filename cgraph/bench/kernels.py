@@ -179,15 +179,12 @@ GEMM_SHAPES = ((1024, 1024), (4096, 1024), (1024, 4096), (11008, 4096))
 GEMM_MS = (1, 8, 32, 128, 512, 2048)
 
 
-def _alternatives(m: int) -> list[dict]:
-    """Other plans timed beside the default one (the planner's tuning data)."""
-    if m <= 8:
-        return [dict(tile="t32")]
-    if m <= 32:
-        return [dict(tile="t16"), dict(tile="t64")]
-    if m <= 128:
-        return [dict(tile="t64"), dict(tile="t256")]
-    return [dict(tile="t256"), dict(tile="t64")]
+def _alternatives(m: int, plan: Any) -> list[dict]:
+    """Other plans timed beside the default one (the planner's tuning data): other K splits."""
+    if plan.kind != "tile" or m > 128:
+        return []
+    tile, split = plan.kernel.split("_s")
+    return [dict(tile=tile, split=s) for s in (1, 2, 4, 8) if s != int(split)]
 
 
 def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[dict], list[dict]]:
@@ -231,8 +228,8 @@ def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[
                          "ref_us": cub * 1e6, "pct": 100 * cub / ours,
                          "detail": f"{plan.kind}:{plan.kernel} {flops / ours / 1e12:.0f} TFLOP/s vs {lib}"})
             print(rows[-1], flush=True)
-            if tune:
-                for force in _alternatives(m):
+            if tune and dt == "float16":
+                for force in _alternatives(m, plan):
                     p = ops._gemm_launch(As[0], ws[0], out, None, None, **force)
                     tt = timer(rotate(lambda a, w, f=force: ops._gemm_launch(a, w, out, None, None, **f)))
                     tuning.append({"dtype": dt, "M": m, "N": n, "K": k, "plan": f"{p.kind}:{p.kernel}",

@@ -40,7 +40,7 @@ def resident_ctas(tile: str) -> int:
 
 def default_tile(m: int) -> str:
     """Smallest tile height that covers m (weights are read once per M tile)."""
-    for tile, limit in (("t16", 16), ("t32", 32), ("t64", 64), ("t128", 256)):
+    for tile, limit in (("t16", 16), ("t32", 32), ("t64", 128)):
         if m <= limit:
             return tile
     return "t128"
@@ -81,9 +81,10 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
     if split is None:
         # Split K while the grid still fits on the GPU at once: more CTAs in flight means
         # more weight bytes in flight, which is what skinny (memory-bound) shapes need.
+        # Large tiles are compute-bound: split only up to one CTA per multiprocessor.
         split = 1
         if cluster:
-            capacity = sm_count * resident_ctas(tile)
+            capacity = sm_count * (resident_ctas(tile) if bm <= 64 else 1)
             for s in SPLITS[1:]:
                 if tiles * s <= capacity and math.ceil(ktiles / s) >= 2:
                     split = s

@@ -183,8 +183,8 @@ def rms_norm(x: Any, weight: Any, eps: float, *, out: Any, residual: Any = None,
     if t == 0:
         return out
     v = _vec(dt) if hidden % _vec(dt) == 0 and _aligned(*ptrs) else 1
-    # two vector chunks per thread (the kernel keeps up to four in registers): several rows per SM
-    threads = _threads(-(-hidden // (2 * v)), cap=1024)
+    # up to four 16-byte chunks per thread stay in registers: small blocks, several rows per SM
+    threads = _threads(-(-hidden // (4 * v)), cap=1024)
     res = residual if residual is not None else x
     _launch("norm", f"rms_norm_{_TAGS[dt]}_v{v}", (t,), threads,
             (out, x, res, weight, _i32(hidden), _f32(eps), _i32(residual is not None)), stream)
