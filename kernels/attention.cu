@@ -127,42 +127,25 @@ __device__ __forceinline__ void attention_body(
         vr[u] = ld_nc16(vb + r * v_stride + head_off);
       }
     }
-    // scores of the U keys, then one online-softmax step per chunk (one rescale, not U)
-    float vf[U][VE];
 #pragma unroll
-    for (int u = 0; u < U; ++u) unpack16<D>(vr[u], vf[u]);
+    for (int u = 0; u < U; ++u) {
+      float kf[VE], vf[VE];
+      unpack16<D>(kr[u], kf);
+      unpack16<D>(vr[u], vf);
 #pragma unroll
-    for (int g = 0; g < GB; ++g) {
-      float sc[U];
+      for (int g = 0; g < GB; ++g) {
+        float sc = 0.f;
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float kf[VE];
-        unpack16<D>(kr[u], kf);
-        float d = 0.f;
+        for (int e = 0; e < VE; ++e) sc += qf[g][e] * kf[e];
 #pragma unroll
-        for (int e = 0; e < VE; ++e) d += qf[g][e] * kf[e];
-        sc[u] = d;
-      }
+        for (int o = TG / 2; o > 0; o >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, o);
+        if (ok[u]) {
+          const float mn = fmaxf(m[g], sc), a = __expf(m[g] - mn), p = __expf(sc - mn);
+          l[g] = l[g] * a + p;
 #pragma unroll
-      for (int o = TG / 2; o > 0; o >>= 1)
-#pragma unroll
-        for (int u = 0; u < U; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
-      float mc = NEG_INF;
-#pragma unroll
-      for (int u = 0; u < U; ++u) { if (!ok[u]) sc[u] = NEG_INF; mc = fmaxf(mc, sc[u]); }
-      if (mc != NEG_INF) {
-        const float mn = fmaxf(m[g], mc), a = __expf(m[g] - mn);
-        l[g] *= a;
-#pragma unroll
-        for (int e = 0; e < VE; ++e) acc[g][e] *= a;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const float p = __expf(sc[u] - mn);
-          l[g] += p;
-#pragma unroll
-          for (int e = 0; e < VE; ++e) acc[g][e] += p * vf[u][e];
+          for (int e = 0; e < VE; ++e) acc[g][e] = acc[g][e] * a + p * vf[e];
+          m[g] = mn;
         }
-        m[g] = mn;
       }
     }
   }
