@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 import numpy as np
@@ -131,6 +132,8 @@ def _free_device_bytes():
     return cp.cuda.runtime.memGetInfo()[0]
 
 
+@pytest.mark.skipif(bool(os.environ.get("CGRAPH_TEST_NO_POOL")),
+                    reason="under compute-sanitizer the device's free memory includes the tool's own")
 def test_gpu_memory_returns_to_its_starting_level_after_close():
     n = 1 << 20
     # A first round loads the kernels' modules and the driver's one-time state.
