@@ -337,6 +337,76 @@ def test_varlen_attention_segments_and_padding(cp, dt, causal, hq, hkv, d):
     assert not got[cu_h[-1]:].any()
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("hq, hkv, d", [(8, 2, 128), (6, 6, 64)])
+def test_varlen_attention_tensor_core_tiles_long_and_many_segments(cp, dt, causal, hq, hkv, d):
+    """Segments longer than a 64-row tile, of odd lengths, empty ones, more than 32 of them
+    (the on-device segment scan spans several warps' worth), and padding rows."""
+    lens = [0, 1, 63, 64, 65, 300, 0, 7] + list(RNG.integers(1, 40, size=30)) + [517]
+    cu_h = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    t = int(cu_h[-1]) + 70
+    qkv_h = round_host(rand((t, hq + 2 * hkv, d)), dt)
+    qkv = dev(cp, qkv_h, dt)
+    q, k, v = qkv[:, :hq], qkv[:, hq:hq + hkv], qkv[:, hq + hkv:]
+    out = empty(cp, (t, hq, d), dt)
+    K.varlen_attention(q, k, v, out=out, cu_seqlens=cp.asarray(cu_h), max_seqlen=max(lens), causal=causal,
+                       scale=1 / math.sqrt(d))
+    want = ref.varlen_attention(qkv_h[:, :hq], qkv_h[:, hq:hq + hkv], qkv_h[:, hq + hkv:], cu_h, causal,
+                                1 / math.sqrt(d))
+    got = host(out)
+    assert_close(got, want, dt, f"varlen causal={causal}")
+    assert not got[cu_h[-1]:].any(), "padding rows must be zeros"
+    first = host(out).copy()
+    poison(cp, out)
+    K.varlen_attention(q, k, v, out=out, cu_seqlens=cp.asarray(cu_h), max_seqlen=max(lens), causal=causal,
+                       scale=1 / math.sqrt(d))
+    np.testing.assert_array_equal(host(out), first, err_msg="a second launch must be bit-identical")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d, ctx", [
+    (16, 8, 64, [512]),  # batch 1: the context is split over a cluster of CTAs
+    (32, 8, 128, [1, 2000, 64, 65, 0, 777]),
+    (16, 1, 128, [1500, 3]),  # 16 query heads share one KV head
+    (8, 1, 64, [130] * 40),  # enough rows that no split is needed
+])
+def test_paged_attention_decode_split_context(cp, dt, hq, hkv, d, ctx):
+    t_rows = len(ctx) + 2
+    q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, t_rows, hq, hkv, d)
+    out = empty(cp, (t_rows, hq, d), dt)
+    scale = 1 / math.sqrt(d)
+    K.paged_attention(q, kc, vc, out=out, max_query_len=1, scale=scale, **args)
+    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), scale)
+    got = host(out)
+    assert_close(got, want, dt, "decode")
+    assert not got[len(ctx):].any(), "padding rows must be zeros"
+    for i, n in enumerate(ctx):
+        if n == 0:
+            assert not got[i].any(), "a sequence with no keys gives zeros"
+    first = got.copy()
+    poison(cp, out)
+    K.paged_attention(q, kc, vc, out=out, max_query_len=1, scale=scale, **args)
+    np.testing.assert_array_equal(host(out), first, err_msg="a second launch must be bit-identical")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d", [(8, 2, 128), (4, 4, 64)])
+def test_paged_attention_prefill_long_chunks_and_decode_rows(cp, dt, hq, hkv, d):
+    """Chunked prefill through the tensor-core kernel: chunks longer than one tile after a
+    cached prefix, single-token rows mixed in, an empty sequence, and padding rows."""
+    q_lens = [150, 1, 70, 0, 3, 64]
+    ctx = [150 + 200, 33, 70, 0, 3 + 61, 64 + 1]
+    t_rows = sum(q_lens) + 9
+    q, kc, vc, args, hs = _paged_setup(cp, dt, q_lens, ctx, t_rows, hq, hkv, d)
+    out = empty(cp, (t_rows, hq, d), dt)
+    K.paged_attention(q, kc, vc, out=out, max_query_len=max(q_lens), scale=0.1, **args)
+    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), 0.1)
+    got = host(out)
+    assert_close(got, want, dt, "prefill")
+    assert not got[sum(q_lens):].any()
+
+
 # ---------------------------------------------------------------- argmax
 @pytest.mark.parametrize("dt", ALL_DTYPES)
 @pytest.mark.parametrize("t, vocab", [(1, 32000), (7, 50257), (3, 5)])

@@ -441,6 +441,82 @@ def _attention_launch(q, kb, vb, out, *, hkv: int, ks: int, vs: int, int_args: t
              _i64(qs), _i64(ks), _i64(vs), _f32(scale)), stream)
 
 
+_LOG2E = 1.4426950408889634
+_FLASH_HEAD_SIZES = (64, 128)  # tensor-core kernels; other head sizes use the CUDA-core kernel
+_FLASH_ROWS = 64  # query rows per CTA of the prefill kernel
+_FLASH_STAGES, _DECODE_STAGES = 2, 3  # K/V tiles of 64 keys in flight (see kernels/attention.cu)
+
+
+def _flash_ready(q, kb, vb, out, *, hkv: int, ks: int, vs: int, scale: float) -> tuple[int, str]:
+    """Checks shared by the tensor-core launches; returns (q row stride, dtype tag)."""
+    qs = _check_attention(q, hkv, ks, vs, scale)
+    if not _aligned(_ptr("q", q), _ptr("k", kb), _ptr("v", vb), _ptr("out", out)):
+        raise ValueError("q, k, v and out must start at 16-byte aligned addresses")
+    return qs, _TAGS[_dtype(q)]
+
+
+def _flash_launch(q, kb, vb, out, *, hkv: int, ks: int, vs: int, paged: tuple, starts: Any, num_seqs: Any,
+                  n_seg_cap: int, mode: int, causal: bool, scale: float, stream: Any) -> None:
+    """FA2-style prefill over segments (mode 1: paged, 2: contiguous varlen).
+
+    The grid is sized from host bounds only: every segment needs ceil(len/64) tiles, the
+    padding rows past the last segment need the rest, and sum(ceil) <= ceil(T/64) + n_seg.
+    """
+    t, hq, d = q.shape
+    qs, tag = _flash_ready(q, kb, vb, out, hkv=hkv, ks=ks, vs=vs, scale=scale)
+    if t == 0:
+        return
+    block_tables, max_blocks, block_size, seq_lens = paged
+    grid = (-(-t // _FLASH_ROWS) + n_seg_cap + 1, hq)
+    smem = (_FLASH_ROWS + 2 * _FLASH_STAGES * 64) * d * 2
+    _prefer_shared(f"flash_{tag}_d{d}", smem)
+    _launch("attention", f"flash_{tag}_d{d}", grid, 128,
+            (out, q, kb, vb, block_tables, _i32(max_blocks), _i32(block_size), seq_lens, starts, num_seqs,
+             _i32(n_seg_cap), _i32(mode), _i32(bool(causal)), _i32(t), _i32(hq), _i32(hkv), _i64(qs),
+             _i64(ks), _i64(vs), _f32(scale * _LOG2E)), stream, smem=smem)
+
+
+_CARVEOUT_SET: set[tuple[int, str]] = set()
+
+
+def _prefer_shared(name: str, smem: int) -> None:
+    """Ask once per kernel for the largest shared-memory carveout, so that two CTAs of ~100 KB
+    share an SM (a function attribute, not a stream operation: safe before or during capture)."""
+    key = (cupy().cuda.Device().id, name)
+    if key not in _CARVEOUT_SET:
+        get_kernel("attention", name, dynamic_smem=smem).preferred_shared_memory_carveout = 100
+        _CARVEOUT_SET.add(key)
+
+
+def _decode_splits(rows: int, hkv: int, cap_keys: int) -> int:
+    """Key splits per (row, KV head): a cluster of CTAs (sm_90) when rows * Hkv leaves SMs idle.
+
+    Depends on shapes only, so eager runs and graph replays of one padded step compute alike.
+    """
+    sms, cluster = _device_facts()
+    splits = 1
+    while cluster and splits < 8 and rows * hkv * splits < 2 * sms and splits * 2 * 64 <= max(cap_keys, 64):
+        splits *= 2
+    return splits
+
+
+def _flash_decode_launch(q, k_cache, v_cache, out, *, block_tables, seq_lens, query_start_loc, num_seqs,
+                         scale: float, stream: Any, splits: int | None = None) -> None:
+    t, hq, d = q.shape
+    _, bs, hkv, _ = k_cache.shape
+    s, max_blocks = block_tables.shape
+    qs, tag = _flash_ready(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d, scale=scale)
+    if t == 0:
+        return
+    if splits is None:  # (the benchmark may force a split count to tune _decode_splits)
+        splits = _decode_splits(t, hkv, max_blocks * bs)
+    smem = (16 + 2 * _DECODE_STAGES * 64) * d * 2
+    _prefer_shared(f"flash_decode_{tag}_d{d}_s{splits}", smem)
+    _launch("attention", f"flash_decode_{tag}_d{d}_s{splits}", (splits, hkv, t), 128,
+            (out, q, k_cache, v_cache, block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
+             num_seqs, _i32(s), _i32(hq), _i32(hkv), _i64(qs), _f32(scale * _LOG2E)), stream, smem=smem)
+
+
 def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_tables: Any, seq_lens: Any,
                     query_start_loc: Any, num_seqs: Any, max_query_len: int, scale: float,
                     stream: Any = None) -> Any:
@@ -486,6 +562,15 @@ def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_table
     for n, a in (("block_tables", block_tables), ("seq_lens", seq_lens),
                  ("query_start_loc", query_start_loc), ("num_seqs", num_seqs)):
         _ptr(n, a)
+    if d in _FLASH_HEAD_SIZES and max_query_len == 1 and hq // hkv <= 16 and t <= 65535:  # rows on grid z
+        _flash_decode_launch(q, k_cache, v_cache, out, block_tables=block_tables, seq_lens=seq_lens,
+                             query_start_loc=query_start_loc, num_seqs=num_seqs, scale=scale, stream=stream)
+        return out
+    if d in _FLASH_HEAD_SIZES:
+        _flash_launch(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d,
+                      paged=(block_tables, max_blocks, bs, seq_lens), starts=query_start_loc, num_seqs=num_seqs,
+                      n_seg_cap=s, mode=1, causal=True, scale=scale, stream=stream)
+        return out
     _attention_launch(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d,
                       int_args=(block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
                                 num_seqs, query_start_loc, _i32(0)),
@@ -530,6 +615,10 @@ def varlen_attention(q: Any, k: Any, v: Any, *, out: Any, cu_seqlens: Any, max_s
     _check_attention(q, hkv, ks, vs, scale)
     _ptr("cu_seqlens", cu_seqlens)
     n = cu_seqlens.shape[0] - 1
+    if d in _FLASH_HEAD_SIZES:
+        _flash_launch(q, k, v, out, hkv=hkv, ks=ks, vs=vs, paged=(cu_seqlens, 0, 1, cu_seqlens), starts=cu_seqlens,
+                      num_seqs=cu_seqlens, n_seg_cap=n, mode=2, causal=causal, scale=scale, stream=stream)
+        return out
     _attention_launch(q, k, v, out, hkv=hkv, ks=ks, vs=vs,
                       int_args=(cu_seqlens, _i32(0), _i32(1), cu_seqlens, cu_seqlens, cu_seqlens,
                                 cu_seqlens, _i32(n)),
