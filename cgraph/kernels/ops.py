@@ -326,7 +326,7 @@ def _gemm_launch(a: Any, w: Any, out: Any, bias: Any, stream: Any, plan: GemmPla
     if plan.kind == "tile":
         name = f"gemm_{tag}_{plan.kernel}"
         args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k), _i32(plan.ktiles_per_split))
-    elif plan.kind == "gemv":
+    elif plan.kind in ("gemv", "stream"):  # the streaming kernel is gemv_<dt>_m8
         name = f"gemv_{tag}_{plan.kernel}"
         args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k))
     else:
@@ -341,8 +341,10 @@ def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> A
 
     float16 or bfloat16, all C-contiguous. Any M >= 1 (M = 0 launches nothing). Fast paths
     need K % 8 == 0 and 16-byte aligned a and w; otherwise a slower fallback kernel runs.
-    M <= 4 uses a GEMV-like kernel; larger M a tiled mma.sync kernel that, on sm_90, splits
-    K over a thread-block cluster when the output has too few tiles to fill the GPU.
+    M <= 4 uses a GEMV kernel; M <= 32 a kernel that streams the weights straight into
+    mma.sync fragments; larger M a tiled mma.sync kernel that, on sm_90, splits K over a
+    thread-block cluster when the output has too few tiles to fill the GPU. The plan depends
+    only on (M, N, K, dtype, device), so equal inputs give bit-identical outputs.
     """
     _gemm_launch(a, w, out, bias, stream)
     return out
