@@ -308,22 +308,25 @@ __device__ __forceinline__ i64 fa_kv_row(int mode, const int* __restrict__ bt, i
   return (mode == 2) ? kv_base + key : (i64)bt[key / block_size] * block_size + key % block_size;
 }
 
-// Issue cp.async for one 64-key K and V tile (keys kt*64.. of the segment; keys >= kend are
-// zero-filled and their block-table entries are never read).
-template <int DH, int NT>
+// Issue cp.async for one 64-key K and V tile of KH consecutive heads (keys key0.. of the
+// segment; the KH heads of a key are contiguous in memory, so a key is one run of KH*DH*2
+// bytes; head hh lands in tile hh, 64*DH*2 bytes apart). Keys >= kend are zero-filled and
+// their block-table entries are never read.
+template <int DH, int NT, int KH = 1>
 __device__ __forceinline__ void fa_load_kv(u32 sk, u32 sv, const u16* __restrict__ kb, const u16* __restrict__ vb,
                                            int mode, const int* __restrict__ bt, int block_size, i64 kv_base,
                                            int key0, int kend, i64 k_stride, i64 v_stride, i64 head_off) {
   constexpr int CH = DH / 8;
 #pragma unroll
-  for (int it = 0; it < 64 * CH / NT; ++it) {
+  for (int it = 0; it < 64 * KH * CH / NT; ++it) {
     const int i = threadIdx.x + it * NT;
-    const int r = i / CH, c = i % CH;
+    const int r = i / (KH * CH), cc = i % (KH * CH);
+    const u32 so = (u32)((cc / CH) * 64 * DH * 2) + fa_swz<DH>(r, cc % CH);
     const int key = key0 + r;
     const bool ok = key < kend;
     const i64 row = ok ? fa_kv_row(mode, bt, block_size, kv_base, key) : 0;
-    fa_cp16(sk + fa_swz<DH>(r, c), ok ? kb + row * k_stride + head_off + c * 8 : kb, ok);
-    fa_cp16(sv + fa_swz<DH>(r, c), ok ? vb + row * v_stride + head_off + c * 8 : vb, ok);
+    fa_cp16(sk + so, ok ? kb + row * k_stride + head_off + cc * 8 : kb, ok);
+    fa_cp16(sv + so, ok ? vb + row * v_stride + head_off + cc * 8 : vb, ok);
   }
 }
 
@@ -565,24 +568,26 @@ FLASH(flash_bf16_d128, BF16, 128)
 // keeps its own online softmax. The NS CTAs of a row form a thread-block cluster (sm_90):
 // every warp of every CTA leaves (max, sum, O) in shared memory and the CTAs merge them
 // through distributed shared memory in a fixed order (deterministic, no workspace, no atomics).
-template <class D, int DH, int NS>
+template <class D, int DH, int NS, int KH>
 __device__ __forceinline__ void flash_decode_body(
     u16* __restrict__ out, const u16* __restrict__ q, const u16* __restrict__ kb, const u16* __restrict__ vb,
     const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ seq_lens,
     const int* __restrict__ qsl, const int* __restrict__ num_seqs_ptr, int n_seq_cap, int Hq, int Hkv,
     i64 q_stride, float scale_log2) {
-  constexpr int NT = 128, STAGES = 3, CH = DH / 8, TILE = 64 * DH * 2;
+  static_assert(NS == 1 || KH == 1, "the cluster merge handles one KV head per CTA");
+  constexpr int NT = 128 * KH, STAGES = 3, CH = DH / 8, TILE = 64 * DH * 2, STAGE = KH * TILE;
   extern __shared__ __align__(128) unsigned char fa_smem_raw[];
-  __shared__ float pm[4][16], pl[4][16];
-  unsigned char* sQ = fa_smem_raw;
-  unsigned char* sK = sQ + 16 * DH * 2;
-  unsigned char* sV = sK + STAGES * TILE;
-  float* po = reinterpret_cast<float*>(sK);  // [4 warps][16 rows][DH], after the key loop
+  __shared__ float pm[4 * KH][16], pl[4 * KH][16];
+  unsigned char* sQ = fa_smem_raw;  // [KH][16][DH]
+  unsigned char* sK = sQ + KH * 16 * DH * 2;
+  unsigned char* sV = sK + STAGES * STAGE;
+  float* po = reinterpret_cast<float*>(sK);  // [4*KH warps][16 rows][DH], after the key loop
   const float NEG_INF = -__int_as_float(0x7f800000);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rank = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
+  const int hw = warp >> 2, wk = warp & 3;  // this warp's head in the CTA and key slice
+  const int rank = blockIdx.x, kvh0 = blockIdx.y * KH, t = blockIdx.z;
   const int G = Hq / Hkv;
-  const i64 k_stride = (i64)Hkv * DH, head_off = (i64)kvh * DH;
+  const i64 k_stride = (i64)Hkv * DH, head_off = (i64)kvh0 * DH;
 
   const int ns = min(*num_seqs_ptr, n_seq_cap);
   int n_keys = 0;
@@ -596,16 +601,17 @@ __device__ __forceinline__ void flash_decode_body(
   const int* bt = block_tables + (i64)(n_keys > 0 ? t : 0) * max_blocks;
 
   const u32 aQ = fa_smem(sQ), aK = fa_smem(sK), aV = fa_smem(sV);
-  for (int i = threadIdx.x; i < 16 * CH; i += NT) {
-    const int r = i / CH, c = i % CH;
+  for (int i = threadIdx.x; i < KH * 16 * CH; i += NT) {
+    const int hh = i / (16 * CH), r = (i / CH) % 16, c = i % CH;
     const bool ok = r < G && n_keys > 0;
-    fa_cp16(aQ + fa_swz<DH>(r, c), ok ? q + (i64)t * q_stride + (i64)(kvh * G + r) * DH + c * 8 : q, ok);
+    fa_cp16(aQ + hh * 16 * DH * 2 + fa_swz<DH>(r, c),
+            ok ? q + (i64)t * q_stride + (i64)((kvh0 + hh) * G + r) * DH + c * 8 : q, ok);
   }
 #pragma unroll
   for (int st = 0; st < STAGES - 1; ++st) {
     if (t0 + st < t1)
-      fa_load_kv<DH, NT>(aK + st * TILE, aV + st * TILE, kb, vb, 1, bt, block_size, 0, (t0 + st) * 64, n_keys,
-                         k_stride, k_stride, head_off);
+      fa_load_kv<DH, NT, KH>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, (t0 + st) * 64,
+                             n_keys, k_stride, k_stride, head_off);
     fa_commit();
   }
   const int gr = lane >> 2, tq = lane & 3;
@@ -621,28 +627,29 @@ __device__ __forceinline__ void flash_decode_body(
       const int nx = kt + STAGES - 1;
       if (nx < t1) {
         const int st = (nx - t0) % STAGES;
-        fa_load_kv<DH, NT>(aK + st * TILE, aV + st * TILE, kb, vb, 1, bt, block_size, 0, nx * 64, n_keys,
-                           k_stride, k_stride, head_off);
+        fa_load_kv<DH, NT, KH>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, nx * 64, n_keys,
+                               k_stride, k_stride, head_off);
       }
       fa_commit();
     }
     if (kt == t0) {
 #pragma unroll
-      for (int kk = 0; kk < DH / 16; ++kk) fa_ldm4(qf[kk], aQ + fa_swz<DH>(lane & 15, kk * 2 + (lane >> 4)));
+      for (int kk = 0; kk < DH / 16; ++kk)
+        fa_ldm4(qf[kk], aQ + hw * 16 * DH * 2 + fa_swz<DH>(lane & 15, kk * 2 + (lane >> 4)));
     }
     const int st = (kt - t0) % STAGES;
-    const u32 k_s = aK + st * TILE, v_s = aV + st * TILE;
+    const u32 k_s = aK + st * STAGE + hw * TILE, v_s = aV + st * STAGE + hw * TILE;
     float s[2][4];
 #pragma unroll
     for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < DH / 16; ++kk) {
       u32 r[4];
-      fa_ldm4(r, k_s + fa_swz<DH>(warp * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
+      fa_ldm4(r, k_s + fa_swz<DH>(wk * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
       FaMma<D>::run(s[0], qf[kk], r[0], r[1]);
       FaMma<D>::run(s[1], qf[kk], r[2], r[3]);
     }
-    const int kbase = kt * 64 + warp * 16 + 2 * tq;
+    const int kbase = kt * 64 + wk * 16 + 2 * tq;
     float mx0 = m0, mx1 = m1;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -682,7 +689,7 @@ __device__ __forceinline__ void flash_decode_body(
 #pragma unroll
     for (int dp = 0; dp < DH / 16; ++dp) {
       u32 r[4];
-      fa_ldm4t(r, v_s + fa_swz<DH>(warp * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), dp * 2 + (lane >> 4)));
+      fa_ldm4t(r, v_s + fa_swz<DH>(wk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), dp * 2 + (lane >> 4)));
       o[2 * dp][0] *= a0; o[2 * dp][1] *= a0; o[2 * dp][2] *= a1; o[2 * dp][3] *= a1;
       o[2 * dp + 1][0] *= a0; o[2 * dp + 1][1] *= a0; o[2 * dp + 1][2] *= a1; o[2 * dp + 1][3] *= a1;
       FaMma<D>::run(o[2 * dp], pa, r[0], r[1]);
@@ -706,23 +713,24 @@ __device__ __forceinline__ void flash_decode_body(
     *reinterpret_cast<float2*>(pw + (gr + 8) * DH + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
   }
   __syncthreads();
-  // merge the 4 warps of this CTA: (max, sum, unnormalized O) per row, O in place of warp 0's
+  // merge the 4 warps of each head: (max, sum, unnormalized O) per row; with a cluster, O goes
+  // in place of warp 0's (each element is then read and written by one thread only)
   __shared__ float cm[16], cl[16];
-  for (int e = threadIdx.x; e < G * DH; e += NT) {
-    const int row = e / DH;
+  for (int e = threadIdx.x; e < KH * G * DH; e += NT) {
+    const int hh = e / (G * DH), e2 = e - hh * G * DH, row = e2 / DH;
     float mx = NEG_INF;
 #pragma unroll
-    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, pm[w][row]);
+    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, pm[4 * hh + w][row]);
     const float base = (mx == NEG_INF) ? 0.f : mx;
     float L = 0.f, A = 0.f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      const float a = exp2f(pm[w][row] - base);  // 0 for a warp that saw no key
-      L += pl[w][row] * a;
-      A += po[w * 16 * DH + e] * a;
+      const float a = exp2f(pm[4 * hh + w][row] - base);  // 0 for a warp that saw no key
+      L += pl[4 * hh + w][row] * a;
+      A += po[(4 * hh + w) * 16 * DH + e2] * a;
     }
     if (NS == 1) {
-      out[(i64)t * Hq * DH + (i64)kvh * G * DH + e] = D::from_f(L > 0.f ? A / L : 0.f);
+      out[(i64)t * Hq * DH + (i64)kvh0 * G * DH + e] = D::from_f(L > 0.f ? A / L : 0.f);
     } else {
       po[e] = A;  // each element is read and written by the same thread only
       if (e % DH == 0) { cm[row] = mx; cl[row] = L; }
@@ -732,7 +740,7 @@ __device__ __forceinline__ void flash_decode_body(
   fa_cluster_sync();
   // merge the NS CTAs of the cluster; the G*DH outputs are shared among them
   const u32 a_cm = fa_smem(cm), a_cl = fa_smem(cl), a_po = fa_smem(po);
-  u16* orow = out + (i64)t * Hq * DH + (i64)kvh * G * DH;
+  u16* orow = out + (i64)t * Hq * DH + (i64)kvh0 * G * DH;
   for (int e = rank * NT + threadIdx.x; e < G * DH; e += NS * NT) {
     const int row = e / DH;
     float mr[NS];
@@ -755,19 +763,22 @@ __device__ __forceinline__ void flash_decode_body(
   fa_cluster_sync();  // peers may still read this CTA's partials
 }
 
-#define FLASH_DEC(NAME, TAG, DH, NS)                                                                 \
-  extern "C" __global__ void __launch_bounds__(128) FA_CLUSTER_X(NS) NAME(                           \
+#define FLASH_DEC(NAME, TAG, DH, NS, KH)                                                             \
+  extern "C" __global__ void __launch_bounds__(128 * KH) FA_CLUSTER_X(NS) NAME(                      \
       u16* out, const u16* q, const u16* kb, const u16* vb, const int* block_tables, int max_blocks,  \
       int block_size, const int* seq_lens, const int* qsl, const int* num_seqs_ptr, int n_seq_cap,    \
       int Hq, int Hkv, i64 q_stride, float scale_log2) {                                             \
-    flash_decode_body<TAG, DH, NS>(out, q, kb, vb, block_tables, max_blocks, block_size, seq_lens,   \
+    flash_decode_body<TAG, DH, NS, KH>(out, q, kb, vb, block_tables, max_blocks, block_size, seq_lens,   \
                                    qsl, num_seqs_ptr, n_seq_cap, Hq, Hkv, q_stride, scale_log2);     \
   }
-#define FLASH_DEC_NS(TAG, DT, DH)                   \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s1, TAG, DH, 1) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s2, TAG, DH, 2) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s4, TAG, DH, 4) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8)
+// _s<NS>: one KV head per CTA, NS CTAs per cluster; _h2: two KV heads per CTA (8 warps),
+// so each key is one contiguous run of 2*DH*2 bytes (for large batches, no split)
+#define FLASH_DEC_NS(TAG, DT, DH)                      \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s1, TAG, DH, 1, 1) \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s2, TAG, DH, 2, 1) \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s4, TAG, DH, 4, 1) \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1) \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_h2, TAG, DH, 1, 2)
 FLASH_DEC_NS(F16, f16, 64)
 FLASH_DEC_NS(F16, f16, 128)
 FLASH_DEC_NS(BF16, bf16, 64)

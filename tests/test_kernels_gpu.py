@@ -393,6 +393,8 @@ def test_varlen_attention_tensor_core_tiles_long_and_many_segments(cp, dt, causa
     (32, 8, 128, [1, 2000, 64, 65, 0, 777]),
     (16, 1, 128, [1500, 3]),  # 16 query heads share one KV head
     (8, 1, 64, [130] * 40),  # enough rows that no split is needed
+    (16, 4, 128, [(i * 37) % 300 for i in range(70)]),  # enough rows for two KV heads per CTA
+    (8, 2, 64, [(i * 53) % 1100 for i in range(140)]),
 ])
 def test_paged_attention_decode_split_context(cp, dt, hq, hkv, d, ctx):
     t_rows = len(ctx) + 2
@@ -411,6 +413,23 @@ def test_paged_attention_decode_split_context(cp, dt, hq, hkv, d, ctx):
     poison(cp, out)
     K.paged_attention(q, kc, vc, out=out, max_query_len=1, scale=scale, **args)
     np.testing.assert_array_equal(host(out), first, err_msg="a second launch must be bit-identical")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("splits, heads", [(1, 2), (2, 1), (8, 1)])
+def test_paged_attention_decode_every_variant_on_a_small_batch(cp, dt, splits, heads):
+    """Each decode variant forced on one batch (the launcher picks them from the SM count)."""
+    if splits > 1 and int(cp.cuda.Device().compute_capability) < 90:
+        pytest.skip("key splits need thread-block clusters (sm_90)")
+    hq, hkv, d = 12, 4, 128
+    ctx = [700, 1, 0, 64, 65, 129]
+    q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, len(ctx) + 1, hq, hkv, d)
+    out = empty(cp, (len(ctx) + 1, hq, d), dt)
+    ops._flash_decode_launch(q, kc, vc, out, scale=0.09, stream=None, splits=splits, heads=heads, **args)
+    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), 0.09)
+    got = host(out)
+    assert_close(got, want, dt, f"decode splits={splits} heads={heads}")
+    assert not got[len(ctx):].any() and not got[2].any()
 
 
 @pytest.mark.parametrize("dt", DTYPES)

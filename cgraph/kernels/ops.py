@@ -503,18 +503,26 @@ def _decode_splits(rows: int, hkv: int, cap_keys: int) -> int:
 
 
 def _flash_decode_launch(q, k_cache, v_cache, out, *, block_tables, seq_lens, query_start_loc, num_seqs,
-                         scale: float, stream: Any, splits: int | None = None) -> None:
+                         scale: float, stream: Any, splits: int | None = None, heads: int | None = None) -> None:
     t, hq, d = q.shape
     _, bs, hkv, _ = k_cache.shape
     s, max_blocks = block_tables.shape
     qs, tag = _flash_ready(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d, scale=scale)
     if t == 0:
         return
-    if splits is None:  # (the benchmark may force a split count to tune _decode_splits)
+    # (the benchmark may force these to tune _decode_splits)
+    if splits is None:
         splits = _decode_splits(t, hkv, max_blocks * bs)
-    smem = (16 + 2 * _DECODE_STAGES * 64) * d * 2
-    _prefer_shared(f"flash_decode_{tag}_d{d}_s{splits}", smem)
-    _launch("attention", f"flash_decode_{tag}_d{d}_s{splits}", (splits, hkv, t), 128,
+    if heads is None:
+        # two KV heads per CTA read each key as one longer contiguous run, once there are CTAs enough
+        heads = 2 if splits == 1 and hkv % 2 == 0 and t * hkv // 2 >= _device_facts()[0] else 1
+    if heads == 2:
+        name, grid = f"flash_decode_{tag}_d{d}_h2", (1, hkv // 2, t)
+    else:
+        name, grid = f"flash_decode_{tag}_d{d}_s{splits}", (splits, hkv, t)
+    smem = heads * (16 + 2 * _DECODE_STAGES * 64) * d * 2
+    _prefer_shared(name, smem)
+    _launch("attention", name, grid, 128 * heads,
             (out, q, k_cache, v_cache, block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
              num_seqs, _i32(s), _i32(hq), _i32(hkv), _i64(qs), _f32(scale * _LOG2E)), stream, smem=smem)
 
