@@ -30,8 +30,11 @@ from cgraph.pool import GraphPool
 def _end_quietly(stream: Any) -> None:
     """End a capture that failed, if it is still open; the graph, if any, is discarded."""
     runtime = require_device().cuda.runtime
-    if runtime.streamIsCapturing(stream.ptr) == runtime.streamCaptureStatusNone:
-        return
+    try:
+        if runtime.streamIsCapturing(stream.ptr) == runtime.streamCaptureStatusNone:
+            return
+    except RuntimeError:
+        pass  # CuPy raises for an invalidated capture, which still has to be ended
     try:
         stream.end_capture()
     except Exception:  # noqa: BLE001 - an invalidated capture raises here, and still ends
