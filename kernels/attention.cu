@@ -1,5 +1,7 @@
 // Attention over a paged KV cache (decode and chunked prefill) and over contiguous varlen
-// sequences (prefill / vision encoder), one kernel family.
+// sequences (prefill / vision encoder), one kernel family. Head sizes 64 and 128 run the
+// tensor-core kernels further down (flash_*: FA2 prefill; flash_decode_*: split-KV decode);
+// the CUDA-core kernel right below is the fallback for every other head size.
 //
 // One block per (query row t, group of GB query heads sharing one KV head): K/V are read
 // once per GQA group. Inside the block, lanes form groups of TG lanes; a group owns one key
@@ -312,16 +314,17 @@ __device__ __forceinline__ i64 fa_kv_row(int mode, const int* __restrict__ bt, i
 // segment; the KH heads of a key are contiguous in memory, so a key is one run of KH*DH*2
 // bytes; head hh lands in tile hh, 64*DH*2 bytes apart). Keys >= kend are zero-filled and
 // their block-table entries are never read.
-template <int DH, int NT, int KH = 1>
+template <int DH, int NT, int KH = 1, int ROWS = 64>
 __device__ __forceinline__ void fa_load_kv(u32 sk, u32 sv, const u16* __restrict__ kb, const u16* __restrict__ vb,
                                            int mode, const int* __restrict__ bt, int block_size, i64 kv_base,
                                            int key0, int kend, i64 k_stride, i64 v_stride, i64 head_off) {
   constexpr int CH = DH / 8;
+  static_assert(ROWS * KH * CH % NT == 0, "whole loads per thread");
 #pragma unroll
-  for (int it = 0; it < 64 * KH * CH / NT; ++it) {
+  for (int it = 0; it < ROWS * KH * CH / NT; ++it) {
     const int i = threadIdx.x + it * NT;
     const int r = i / (KH * CH), cc = i % (KH * CH);
-    const u32 so = (u32)((cc / CH) * 64 * DH * 2) + fa_swz<DH>(r, cc % CH);
+    const u32 so = (u32)((cc / CH) * ROWS * DH * 2) + fa_swz<DH>(r, cc % CH);
     const int key = key0 + r;
     const bool ok = key < kend;
     const i64 row = ok ? fa_kv_row(mode, bt, block_size, kv_base, key) : 0;
@@ -563,28 +566,31 @@ FLASH(flash_bf16_d128, BF16, 128)
 
 // ---------------------------------------------------------------- paged decode (split-KV)
 // One CTA per (key split, KV head, query row); the G = Hq/Hkv query heads of the KV group are
-// the rows of one 16-row mma tile, so each K/V byte is read once per group. 64-key tiles
-// stream through a 3-stage cp.async pipeline; warp w owns keys 16w..16w+15 of every tile and
-// keeps its own online softmax. The NS CTAs of a row form a thread-block cluster (sm_90):
+// the rows of one 16-row mma tile, so each K/V byte is read once per group. Key tiles of
+// 16*WPH keys stream through a 3-stage cp.async pipeline; of the WPH warps of a head, warp w
+// owns keys 16w..16w+15 of every tile and keeps its own online softmax. The NS CTAs of a row
+// form a thread-block cluster (sm_90):
 // every warp of every CTA leaves (max, sum, O) in shared memory and the CTAs merge them
 // through distributed shared memory in a fixed order (deterministic, no workspace, no atomics).
-template <class D, int DH, int NS, int KH>
+template <class D, int DH, int NS, int KH, int WPH>
 __device__ __forceinline__ void flash_decode_body(
     u16* __restrict__ out, const u16* __restrict__ q, const u16* __restrict__ kb, const u16* __restrict__ vb,
     const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ seq_lens,
     const int* __restrict__ qsl, const int* __restrict__ num_seqs_ptr, int n_seq_cap, int Hq, int Hkv,
     i64 q_stride, float scale_log2) {
   static_assert(NS == 1 || KH == 1, "the cluster merge handles one KV head per CTA");
-  constexpr int NT = 128 * KH, STAGES = 3, CH = DH / 8, TILE = 64 * DH * 2, STAGE = KH * TILE;
+  // WPH warps per head, each owning 16 keys of every BK-key tile
+  constexpr int BK = 16 * WPH, NW = WPH * KH, NT = 32 * NW, STAGES = 3, CH = DH / 8;
+  constexpr int TILE = BK * DH * 2, STAGE = KH * TILE;
   extern __shared__ __align__(128) unsigned char fa_smem_raw[];
-  __shared__ float pm[4 * KH][16], pl[4 * KH][16];
+  __shared__ float pm[NW][16], pl[NW][16];
   unsigned char* sQ = fa_smem_raw;  // [KH][16][DH]
   unsigned char* sK = sQ + KH * 16 * DH * 2;
   unsigned char* sV = sK + STAGES * STAGE;
-  float* po = reinterpret_cast<float*>(sK);  // [4*KH warps][16 rows][DH], after the key loop
+  float* po = reinterpret_cast<float*>(sK);  // [NW warps][16 rows][DH], after the key loop
   const float NEG_INF = -__int_as_float(0x7f800000);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int hw = warp >> 2, wk = warp & 3;  // this warp's head in the CTA and key slice
+  const int hw = warp / WPH, wk = warp % WPH;  // this warp's head in the CTA and key slice
   const int rank = blockIdx.x, kvh0 = blockIdx.y * KH, t = blockIdx.z;
   const int G = Hq / Hkv;
   const i64 k_stride = (i64)Hkv * DH, head_off = (i64)kvh0 * DH;
@@ -595,7 +601,7 @@ __device__ __forceinline__ void flash_decode_body(
     const int q_len = qsl[t + 1] - qsl[t];
     n_keys = min(seq_lens[t] - q_len + (t - qsl[t]) + 1, max_blocks * block_size);
   }
-  const int ntiles = n_keys > 0 ? (n_keys + 63) / 64 : 0;
+  const int ntiles = n_keys > 0 ? (n_keys + BK - 1) / BK : 0;
   const int per = (ntiles + NS - 1) / NS;
   const int t0 = min(rank * per, ntiles), t1 = min(t0 + per, ntiles);
   const int* bt = block_tables + (i64)(n_keys > 0 ? t : 0) * max_blocks;
@@ -610,7 +616,7 @@ __device__ __forceinline__ void flash_decode_body(
 #pragma unroll
   for (int st = 0; st < STAGES - 1; ++st) {
     if (t0 + st < t1)
-      fa_load_kv<DH, NT, KH>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, (t0 + st) * 64,
+      fa_load_kv<DH, NT, KH, BK>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, (t0 + st) * BK,
                              n_keys, k_stride, k_stride, head_off);
     fa_commit();
   }
@@ -627,7 +633,7 @@ __device__ __forceinline__ void flash_decode_body(
       const int nx = kt + STAGES - 1;
       if (nx < t1) {
         const int st = (nx - t0) % STAGES;
-        fa_load_kv<DH, NT, KH>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, nx * 64, n_keys,
+        fa_load_kv<DH, NT, KH, BK>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, nx * BK, n_keys,
                                k_stride, k_stride, head_off);
       }
       fa_commit();
@@ -649,7 +655,7 @@ __device__ __forceinline__ void flash_decode_body(
       FaMma<D>::run(s[0], qf[kk], r[0], r[1]);
       FaMma<D>::run(s[1], qf[kk], r[2], r[3]);
     }
-    const int kbase = kt * 64 + wk * 16 + 2 * tq;
+    const int kbase = kt * BK + wk * 16 + 2 * tq;
     float mx0 = m0, mx1 = m1;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -713,21 +719,21 @@ __device__ __forceinline__ void flash_decode_body(
     *reinterpret_cast<float2*>(pw + (gr + 8) * DH + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
   }
   __syncthreads();
-  // merge the 4 warps of each head: (max, sum, unnormalized O) per row; with a cluster, O goes
+  // merge the WPH warps of each head: (max, sum, unnormalized O) per row; with a cluster, O goes
   // in place of warp 0's (each element is then read and written by one thread only)
   __shared__ float cm[16], cl[16];
   for (int e = threadIdx.x; e < KH * G * DH; e += NT) {
     const int hh = e / (G * DH), e2 = e - hh * G * DH, row = e2 / DH;
     float mx = NEG_INF;
 #pragma unroll
-    for (int w = 0; w < 4; ++w) mx = fmaxf(mx, pm[4 * hh + w][row]);
+    for (int w = 0; w < WPH; ++w) mx = fmaxf(mx, pm[WPH * hh + w][row]);
     const float base = (mx == NEG_INF) ? 0.f : mx;
     float L = 0.f, A = 0.f;
 #pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float a = exp2f(pm[4 * hh + w][row] - base);  // 0 for a warp that saw no key
-      L += pl[4 * hh + w][row] * a;
-      A += po[(4 * hh + w) * 16 * DH + e2] * a;
+    for (int w = 0; w < WPH; ++w) {
+      const float a = exp2f(pm[WPH * hh + w][row] - base);  // 0 for a warp that saw no key
+      L += pl[WPH * hh + w][row] * a;
+      A += po[(WPH * hh + w) * 16 * DH + e2] * a;
     }
     if (NS == 1) {
       out[(i64)t * Hq * DH + (i64)kvh0 * G * DH + e] = D::from_f(L > 0.f ? A / L : 0.f);
@@ -763,22 +769,26 @@ __device__ __forceinline__ void flash_decode_body(
   fa_cluster_sync();  // peers may still read this CTA's partials
 }
 
-#define FLASH_DEC(NAME, TAG, DH, NS, KH)                                                             \
-  extern "C" __global__ void __launch_bounds__(128 * KH) FA_CLUSTER_X(NS) NAME(                      \
+#define FLASH_DEC(NAME, TAG, DH, NS, KH, WPH)                                                        \
+  extern "C" __global__ void __launch_bounds__(32 * KH * WPH) FA_CLUSTER_X(NS) NAME(                 \
       u16* out, const u16* q, const u16* kb, const u16* vb, const int* block_tables, int max_blocks,  \
       int block_size, const int* seq_lens, const int* qsl, const int* num_seqs_ptr, int n_seq_cap,    \
       int Hq, int Hkv, i64 q_stride, float scale_log2) {                                             \
-    flash_decode_body<TAG, DH, NS, KH>(out, q, kb, vb, block_tables, max_blocks, block_size, seq_lens,   \
+    flash_decode_body<TAG, DH, NS, KH, WPH>(out, q, kb, vb, block_tables, max_blocks, block_size, seq_lens,   \
                                    qsl, num_seqs_ptr, n_seq_cap, Hq, Hkv, q_stride, scale_log2);     \
   }
-// _s<NS>: one KV head per CTA, NS CTAs per cluster; _h2: two KV heads per CTA (8 warps),
-// so each key is one contiguous run of 2*DH*2 bytes (for large batches, no split)
-#define FLASH_DEC_NS(TAG, DT, DH)                      \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s1, TAG, DH, 1, 1) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s2, TAG, DH, 2, 1) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s4, TAG, DH, 4, 1) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1) \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_h2, TAG, DH, 1, 2)
+// _s<NS>: one KV head per CTA (4 warps, 64-key tiles), NS CTAs per cluster. For large batches
+// (no split) several KV heads per CTA, so that each key is one contiguous run of KH*DH*2 bytes:
+// _h2 (2 heads, 8 warps, 64-key tiles), _h2k32 (2 heads, 4 warps, 32-key tiles: half the
+// shared memory, two CTAs per SM), _h4k32 (4 heads, 8 warps, 32-key tiles).
+#define FLASH_DEC_NS(TAG, DT, DH)                             \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s1, TAG, DH, 1, 1, 4)    \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s2, TAG, DH, 2, 1, 4)    \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s4, TAG, DH, 4, 1, 4)    \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1, 4)    \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_h2, TAG, DH, 1, 2, 4)    \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_h2k32, TAG, DH, 1, 2, 2) \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_h4k32, TAG, DH, 1, 4, 2)
 FLASH_DEC_NS(F16, f16, 64)
 FLASH_DEC_NS(F16, f16, 128)
 FLASH_DEC_NS(BF16, bf16, 64)

@@ -416,20 +416,21 @@ def test_paged_attention_decode_split_context(cp, dt, hq, hkv, d, ctx):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("splits, heads", [(1, 2), (2, 1), (8, 1)])
-def test_paged_attention_decode_every_variant_on_a_small_batch(cp, dt, splits, heads):
-    """Each decode variant forced on one batch (the launcher picks them from the SM count)."""
-    if splits > 1 and int(cp.cuda.Device().compute_capability) < 90:
+@pytest.mark.parametrize("variant", ["s1", "s2", "s8", "h2", "h2k32", "h4k32"])
+def test_paged_attention_decode_every_variant_on_a_small_batch(cp, dt, variant):
+    """Each decode kernel forced on one batch (the launcher picks them from the SM count)."""
+    if variant in ("s2", "s8") and int(cp.cuda.Device().compute_capability) < 90:
         pytest.skip("key splits need thread-block clusters (sm_90)")
-    hq, hkv, d = 12, 4, 128
-    ctx = [700, 1, 0, 64, 65, 129]
-    q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, len(ctx) + 1, hq, hkv, d)
-    out = empty(cp, (len(ctx) + 1, hq, d), dt)
-    ops._flash_decode_launch(q, kc, vc, out, scale=0.09, stream=None, splits=splits, heads=heads, **args)
-    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), 0.09)
-    got = host(out)
-    assert_close(got, want, dt, f"decode splits={splits} heads={heads}")
-    assert not got[len(ctx):].any() and not got[2].any()
+    for hq, hkv, d in ((16, 4, 128), (8, 4, 64)):
+        ctx = [700, 1, 0, 64, 65, 129, 33]
+        q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, len(ctx) + 1, hq, hkv, d)
+        out = empty(cp, (len(ctx) + 1, hq, d), dt)
+        ops._flash_decode_launch(q, kc, vc, out, scale=0.09, stream=None, variant=variant, **args)
+        want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx),
+                                   0.09)
+        got = host(out)
+        assert_close(got, want, dt, f"decode {variant} D={d}")
+        assert not got[len(ctx):].any() and not got[2].any()
 
 
 @pytest.mark.parametrize("dt", DTYPES)

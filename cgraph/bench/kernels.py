@@ -155,7 +155,7 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
     rows = []
     bs = 16
 
-    def decode(s, ctx, hq, hkv, hd, contiguous=False, splits=None, heads=None):
+    def decode(s, ctx, hq, hkv, hd, contiguous=False, variant=None):
         nblk = -(-ctx // bs)
         nb = s * nblk
         copies = max(1, min(128, (256 << 20) // (2 * nb * bs * hkv * hd * item)))  # defeat L2 at small sizes
@@ -170,13 +170,12 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
 
         def ours():
             i = state["i"] = (state["i"] + 1) % copies
-            if splits is None and heads is None:
+            if variant is None:
                 K.paged_attention(q, caches[i][0], caches[i][1], out=out, block_tables=tables, seq_lens=lens,
                                   query_start_loc=qsl, num_seqs=ns, max_query_len=1, scale=0.088)
             else:
                 ops._flash_decode_launch(q, caches[i][0], caches[i][1], out, block_tables=tables, seq_lens=lens,
-                                         query_start_loc=qsl, num_seqs=ns, scale=0.088, stream=None, splits=splits,
-                                         heads=heads)
+                                         query_start_loc=qsl, num_seqs=ns, scale=0.088, stream=None, variant=variant)
 
         def old():
             i = state["i"] = (state["i"] + 1) % copies
@@ -188,7 +187,7 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
         nbytes = 2 * s * ctx * hkv * hd * item + 2 * s * hq * hd * item
         bw = nbytes / sec
         rows.append({"kernel": "paged_attention decode" + (" (blocks in order)" if contiguous else "")
-                     + (f" (splits={splits})" if splits else "") + (f" (kv heads per CTA={heads})" if heads else ""),
+                     + (f" (kernel {variant})" if variant else ""),
                      "shape": f"S={s} ctx={ctx} Hq={hq} Hkv={hkv} D={hd}",
                      "dtype": dt, "ours_us": sec * 1e6, "ref_us": nbytes / copy_bw * 1e6, "pct": 100 * bw / copy_bw,
                      "detail": f"{bw / 1e9:.0f} GB/s; CUDA-core kernel {sec_old * 1e6:.1f} us"})
@@ -199,9 +198,10 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
     decode(1, 512, 16, 8, 64)
     decode(8, 2048, 32, 8, 128)
     decode(64, 4096, 32, 8, 128, contiguous=True)  # diagnostic: how much the shuffled blocks cost
-    decode(64, 4096, 32, 8, 128, heads=1)  # tuning data for ops._flash_decode_launch
-    decode(256, 1024, 32, 8, 128, heads=1)
-    decode(1, 512, 16, 8, 64, splits=4)
+    for variant in ("s1", "h2", "h2k32", "h4k32"):  # tuning data for ops._decode_variant
+        decode(64, 4096, 32, 8, 128, variant=variant)
+        decode(256, 1024, 32, 8, 128, variant=variant)
+    decode(1, 512, 16, 8, 64, variant="s4")
     cp.get_default_memory_pool().free_all_blocks()
 
     def varlen(n_img, seq, heads, hd, causal):

@@ -37,7 +37,7 @@ def _attention() -> tuple[str, ...]:
              for tg in (8, 16, 32) for gb in (1, 2, 4, 8)]
     names += [f"flash_{dt}_d{d}" for dt in ("f16", "bf16") for d in (64, 128)]
     names += [f"flash_decode_{dt}_d{d}_{v}" for dt in ("f16", "bf16") for d in (64, 128)
-              for v in ("s1", "s2", "s4", "s8", "h2")]
+              for v in ("s1", "s2", "s4", "s8", "h2", "h2k32", "h4k32")]
     return tuple(names)
 
 

@@ -502,27 +502,47 @@ def _decode_splits(rows: int, hkv: int, cap_keys: int) -> int:
     return splits
 
 
+#: decode kernel variants: (KV heads per CTA, warps per head); keys per tile = 16 * warps per head
+_DECODE_VARIANTS = {"s": (1, 4), "h2": (2, 4), "h2k32": (2, 2), "h4k32": (4, 2)}
+
+
+def _decode_variant(rows: int, hkv: int, cap_keys: int) -> tuple[str, int]:
+    """(variant, key splits) of the decode kernel; depends on shapes and the device only.
+
+    Small batches split the keys over a cluster (latency); large ones give a CTA two KV heads,
+    so that each key's heads are read as one contiguous run (bandwidth). H200 tuning run
+    (notebooks/results/kernels_attention.md, Hkv=8 D=128): h2k32 reached 88% / 84% of copy
+    bandwidth at 64 x 4096 / 256 x 1024 keys, h4k32 81% / 79%, h2 79% / 73%, s1 73% / 69%.
+    """
+    splits = _decode_splits(rows, hkv, cap_keys)
+    if splits == 1 and hkv % 2 == 0 and rows * hkv // 2 >= _device_facts()[0]:
+        return "h2k32", 1
+    return "s", splits
+
+
 def _flash_decode_launch(q, k_cache, v_cache, out, *, block_tables, seq_lens, query_start_loc, num_seqs,
-                         scale: float, stream: Any, splits: int | None = None, heads: int | None = None) -> None:
+                         scale: float, stream: Any, variant: str | None = None) -> None:
+    """Split-KV tensor-core decode; `variant` ("s1".."s8", "h2", "h2k32", "h4k32") forces a
+    kernel (tests and the benchmark); None picks one from the shapes."""
     t, hq, d = q.shape
     _, bs, hkv, _ = k_cache.shape
     s, max_blocks = block_tables.shape
     qs, tag = _flash_ready(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d, scale=scale)
     if t == 0:
         return
-    # (the benchmark may force these to tune _decode_splits)
-    if splits is None:
-        splits = _decode_splits(t, hkv, max_blocks * bs)
-    if heads is None:
-        # two KV heads per CTA read each key as one longer contiguous run, once there are CTAs enough
-        heads = 2 if splits == 1 and hkv % 2 == 0 and t * hkv // 2 >= _device_facts()[0] else 1
-    if heads == 2:
-        name, grid = f"flash_decode_{tag}_d{d}_h2", (1, hkv // 2, t)
+    if variant is None:
+        kind, splits = _decode_variant(t, hkv, max_blocks * bs)
+    elif variant[0] == "s":
+        kind, splits = "s", int(variant[1:])
     else:
-        name, grid = f"flash_decode_{tag}_d{d}_s{splits}", (splits, hkv, t)
-    smem = heads * (16 + 2 * _DECODE_STAGES * 64) * d * 2
+        kind, splits = variant, 1
+    heads, wph = _DECODE_VARIANTS[kind]
+    if hkv % heads:
+        raise ValueError(f"decode variant {variant!r} needs Hkv={hkv} to be a multiple of {heads}")
+    name = f"flash_decode_{tag}_d{d}_" + (f"s{splits}" if kind == "s" else kind)
+    smem = heads * (16 + 2 * _DECODE_STAGES * 16 * wph) * d * 2
     _prefer_shared(name, smem)
-    _launch("attention", name, grid, 128 * heads,
+    _launch("attention", name, (splits, hkv // heads, t), 32 * heads * wph,
             (out, q, k_cache, v_cache, block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
              num_seqs, _i32(s), _i32(hq), _i32(hkv), _i64(qs), _f32(scale * _LOG2E)), stream, smem=smem)
 
