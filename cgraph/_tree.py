@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
-
-def leaves(obj: Any) -> Iterator[Any]:
-    """Yield the non-container leaves of obj in a stable order (dicts in insertion order)."""
-    if isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from leaves(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from leaves(item)
-    else:
-        yield obj
+from typing import Any
 
 
 def array_leaves(obj: Any) -> list[tuple[str, Any]]:
