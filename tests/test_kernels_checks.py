@@ -14,7 +14,8 @@ import pytest
 
 import cgraph.kernels as K
 from cgraph.kernels import reference as ref
-from cgraph.kernels.gemm_plan import TILES, plan_gemm, tile_smem_bytes
+from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, plan_gemm,
+                                      tile_smem_bytes)
 
 RNG = np.random.default_rng()
 
@@ -134,6 +135,10 @@ def test_gemm_plan_covers_the_output_and_all_of_k(m, n, k):
     if plan.kind == "gemv":
         assert m <= 4 and plan.grid[0] * 8 >= n
         return
+    if plan.kind == "stream":
+        assert plan.kernel == "m8" and m <= STREAM_MAX_M and plan.grid[0] * STREAM_BN >= n
+        assert plan.block // 32 in STREAM_WARPS and plan.smem == plan.block // 32 * STREAM_BM * STREAM_BN * 4
+        return
     tile, split = plan.kernel.split("_s")
     bm, bn, bk, warps, _ = TILES[tile]
     assert plan.grid[0] * bn >= n and plan.grid[1] * bm >= m
@@ -143,8 +148,14 @@ def test_gemm_plan_covers_the_output_and_all_of_k(m, n, k):
 
 
 def test_gemm_plan_split_only_with_clusters_and_fallback_when_unaligned():
-    assert plan_gemm(16, 1024, 4096, aligned=True, sm_count=132, cluster=False).kernel.endswith("_s1")
-    assert plan_gemm(16, 1024, 4096, aligned=True, sm_count=132, cluster=True).grid[2] > 1
+    assert plan_gemm(16, 1024, 4096, aligned=True, sm_count=132, cluster=False, tile="t16").kernel.endswith("_s1")
+    assert plan_gemm(16, 1024, 4096, aligned=True, sm_count=132, cluster=True, tile="t16").grid[2] > 1
+    assert plan_gemm(64, 1024, 4096, aligned=True, sm_count=132, cluster=False).kernel.endswith("_s1")
+    assert plan_gemm(64, 1024, 4096, aligned=True, sm_count=132, cluster=True).grid[2] > 1
+    with pytest.raises(ValueError, match="M <= 32"):
+        plan_gemm(33, 1024, 4096, aligned=True, sm_count=132, cluster=True, streaming=True)
+    with pytest.raises(ValueError, match="warps"):
+        plan_gemm(8, 1024, 4096, aligned=True, sm_count=132, cluster=True, streaming=True, warps=3)
     assert plan_gemm(100, 768, 588, aligned=False, sm_count=132, cluster=True).kind == "fallback"
     with pytest.raises(ValueError, match="clusters"):
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=False, tile="t16", split=4)

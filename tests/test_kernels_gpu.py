@@ -208,6 +208,29 @@ def test_gemm_gemv_path_for_small_m(cp, dt, m):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 8, 16, 17, 31, 32])
+@pytest.mark.parametrize("warps", [2, 4, 8, 16])
+def test_gemm_streaming_kernel_any_n_and_k(cp, dt, m, warps):
+    # N not a multiple of the 16-wide slice, K not a multiple of the 128-wide K group
+    n, k = int(RNG.integers(1, 700)), 8 * int(RNG.integers(1, 300))
+    _gemm_case(cp, dt, m, n, k, bias=bool(m % 2), streaming=True, warps=warps)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("m, n, k", [(8, 4096, 1024), (32, 1000, 4096), (100, 11008, 512), (700, 520, 768)])
+def test_gemm_default_plan_is_bit_reproducible(cp, dt, m, n, k):
+    # the engine compares graph replays with eager runs bit for bit: same inputs, same bits
+    a = dev(cp, round_host(rand((m, k)), dt), dt)
+    w = dev(cp, round_host(rand((n, k), 1 / math.sqrt(k)), dt), dt)
+    b = dev(cp, round_host(rand(n), dt), dt)
+    first, again = empty(cp, (m, n), dt), empty(cp, (m, n), dt)
+    K.gemm(a, w, out=first, bias=b)
+    K.gemm(a, w, out=again, bias=b)
+    assert np.array_equal(host(first.view(cp.uint16)), host(again.view(cp.uint16)))
+    assert not np.isnan(host(first)).any()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 def test_gemm_fallback_for_odd_k_and_misaligned_views(cp, dt):
     _gemm_case(cp, dt, 33, 70, 588, bias=True)  # K % 8 != 0 (14x14x3 patches)
     a_h, w_h = round_host(rand((9, 65)), dt), round_host(rand((40, 64)), dt)
@@ -335,6 +358,139 @@ def test_varlen_attention_segments_and_padding(cp, dt, causal, hq, hkv, d):
     got = host(out)
     assert_close(got, want, dt, f"varlen causal={causal}")
     assert not got[cu_h[-1]:].any()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("hq, hkv, d", [(8, 2, 128), (6, 6, 64)])
+def test_varlen_attention_tensor_core_tiles_long_and_many_segments(cp, dt, causal, hq, hkv, d):
+    """Segments longer than a 64-row tile, of odd lengths, empty ones, more than 32 of them
+    (the on-device segment scan spans several warps' worth), and padding rows."""
+    lens = [0, 1, 63, 64, 65, 300, 0, 7] + list(RNG.integers(1, 40, size=30)) + [517]
+    cu_h = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    t = int(cu_h[-1]) + 70
+    qkv_h = round_host(rand((t, hq + 2 * hkv, d)), dt)
+    qkv = dev(cp, qkv_h, dt)
+    q, k, v = qkv[:, :hq], qkv[:, hq:hq + hkv], qkv[:, hq + hkv:]
+    out = empty(cp, (t, hq, d), dt)
+    K.varlen_attention(q, k, v, out=out, cu_seqlens=cp.asarray(cu_h), max_seqlen=max(lens), causal=causal,
+                       scale=1 / math.sqrt(d))
+    want = ref.varlen_attention(qkv_h[:, :hq], qkv_h[:, hq:hq + hkv], qkv_h[:, hq + hkv:], cu_h, causal,
+                                1 / math.sqrt(d))
+    got = host(out)
+    assert_close(got, want, dt, f"varlen causal={causal}")
+    assert not got[cu_h[-1]:].any(), "padding rows must be zeros"
+    first = host(out).copy()
+    poison(cp, out)
+    K.varlen_attention(q, k, v, out=out, cu_seqlens=cp.asarray(cu_h), max_seqlen=max(lens), causal=causal,
+                       scale=1 / math.sqrt(d))
+    np.testing.assert_array_equal(host(out), first, err_msg="a second launch must be bit-identical")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d, ctx", [
+    (16, 8, 64, [512]),  # batch 1: the context is split over a cluster of CTAs
+    (32, 8, 128, [1, 2000, 64, 65, 0, 777]),
+    (16, 1, 128, [1500, 3]),  # 16 query heads share one KV head
+    (8, 1, 64, [130] * 40),  # enough rows that no split is needed
+    (16, 4, 128, [(i * 37) % 300 for i in range(70)]),  # enough rows for two KV heads per CTA
+    (8, 2, 64, [(i * 53) % 1100 for i in range(140)]),
+])
+def test_paged_attention_decode_split_context(cp, dt, hq, hkv, d, ctx):
+    t_rows = len(ctx) + 2
+    q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, t_rows, hq, hkv, d)
+    out = empty(cp, (t_rows, hq, d), dt)
+    scale = 1 / math.sqrt(d)
+    K.paged_attention(q, kc, vc, out=out, max_query_len=1, scale=scale, **args)
+    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), scale)
+    got = host(out)
+    assert_close(got, want, dt, "decode")
+    assert not got[len(ctx):].any(), "padding rows must be zeros"
+    for i, n in enumerate(ctx):
+        if n == 0:
+            assert not got[i].any(), "a sequence with no keys gives zeros"
+    first = got.copy()
+    poison(cp, out)
+    K.paged_attention(q, kc, vc, out=out, max_query_len=1, scale=scale, **args)
+    np.testing.assert_array_equal(host(out), first, err_msg="a second launch must be bit-identical")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("variant", ["s1", "s2", "s8", "h2", "h2k32", "h4k32"])
+def test_paged_attention_decode_every_variant_on_a_small_batch(cp, dt, variant):
+    """Each decode kernel forced on one batch (the launcher picks them from the SM count)."""
+    if variant in ("s2", "s8") and int(cp.cuda.Device().compute_capability) < 90:
+        pytest.skip("key splits need thread-block clusters (sm_90)")
+    for hq, hkv, d in ((16, 4, 128), (8, 4, 64)):
+        ctx = [700, 1, 0, 64, 65, 129, 33]
+        q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, len(ctx) + 1, hq, hkv, d)
+        out = empty(cp, (len(ctx) + 1, hq, d), dt)
+        ops._flash_decode_launch(q, kc, vc, out, scale=0.09, stream=None, variant=variant, **args)
+        want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx),
+                                   0.09)
+        got = host(out)
+        assert_close(got, want, dt, f"decode {variant} D={d}")
+        assert not got[len(ctx):].any() and not got[2].any()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d", [(8, 2, 128), (4, 4, 64)])
+def test_paged_attention_prefill_long_chunks_and_decode_rows(cp, dt, hq, hkv, d):
+    """Chunked prefill through the tensor-core kernel: chunks longer than one tile after a
+    cached prefix, single-token rows mixed in, an empty sequence, and padding rows."""
+    q_lens = [150, 1, 70, 0, 3, 64]
+    ctx = [150 + 200, 33, 70, 0, 3 + 61, 64 + 1]
+    t_rows = sum(q_lens) + 9
+    q, kc, vc, args, hs = _paged_setup(cp, dt, q_lens, ctx, t_rows, hq, hkv, d)
+    out = empty(cp, (t_rows, hq, d), dt)
+    K.paged_attention(q, kc, vc, out=out, max_query_len=max(q_lens), scale=0.1, **args)
+    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), 0.1)
+    got = host(out)
+    assert_close(got, want, dt, "prefill")
+    assert not got[sum(q_lens):].any()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d", [(8, 2, 128), (12, 3, 64)])
+def test_paged_attention_single_query_rows_are_batch_invariant(cp, dt, hq, hkv, d):
+    """A one-query sequence gets the same bits from the decode launch (alone in a batch of its
+    own, with or without padding) and from the mixed launch (among prefill chunks, with padding
+    rows and spare sequence rows): what lets a graph replay of a padded mixed step generate
+    exactly the tokens of an eager decode step."""
+    q_lens = [20, 1, 1, 70, 1, 0, 1, 3]
+    ctx = [20 + 5, 300, 1, 70, 129, 0, 64, 3 + 700]
+    t_rows = sum(q_lens) + 11
+    q, kc, vc, args, hs = _paged_setup(cp, dt, q_lens, ctx, t_rows, hq, hkv, d)
+    spare = 4  # sequence rows past num_seqs, as a padded step has
+    tables = np.concatenate([hs["tables"], RNG.integers(-3, 9, size=(spare, hs["tables"].shape[1]))]).astype(np.int32)
+    qsl = np.concatenate([hs["qsl"], np.full(spare, hs["qsl"][-1])]).astype(np.int32)
+    lens = np.concatenate([hs["seq_lens"], RNG.integers(1, 50, size=spare)]).astype(np.int32)
+    mixed_args = dict(block_tables=cp.asarray(tables), seq_lens=cp.asarray(lens), query_start_loc=cp.asarray(qsl),
+                      num_seqs=args["num_seqs"])
+    scale = 1 / math.sqrt(d)
+    out_m = empty(cp, (t_rows, hq, d), dt)
+    K.paged_attention(q, kc, vc, out=out_m, max_query_len=max(q_lens), scale=scale, **mixed_args)
+    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), scale)
+    got_m = host(out_m)
+    assert_close(got_m, want, dt, "mixed launch")
+    assert not got_m[sum(q_lens):].any(), "padding rows must be zeros"
+
+    single = [i for i, n in enumerate(q_lens) if n == 1]
+    rows = hs["qsl"][single]
+    for pad in (0, 5):
+        n = len(single) + pad
+        q_d = dev(cp, np.concatenate([hs["q"][rows], round_host(rand((pad, hq, d)), dt)]), dt)
+        t_d = np.concatenate([hs["tables"][single], np.zeros((pad, tables.shape[1]), np.int32)]).astype(np.int32)
+        l_d = np.concatenate([hs["seq_lens"][single], np.ones(pad, np.int32)]).astype(np.int32)
+        dec_args = dict(block_tables=cp.asarray(t_d), seq_lens=cp.asarray(l_d),
+                        query_start_loc=cp.asarray(np.arange(n + 1, dtype=np.int32)),
+                        num_seqs=cp.asarray(np.array([len(single)], np.int32)))
+        out_d = empty(cp, (n, hq, d), dt)
+        K.paged_attention(q_d, kc, vc, out=out_d, max_query_len=1, scale=scale, **dec_args)
+        got_d = host(out_d)
+        np.testing.assert_array_equal(got_d[:len(single)], got_m[rows],
+                                      err_msg=f"decode launch (pad {pad}) vs mixed launch, seed={SEED}")
+        assert not got_d[len(single):].any(), "padding rows must be zeros"
 
 
 # ---------------------------------------------------------------- argmax

@@ -129,40 +129,104 @@ def memory_bound_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) ->
     row("reshape_and_cache", f"T={t} Hkv={hkv} D={hd}",
         timer(lambda: K.reshape_and_cache(kk, vv, kc, vc, slots)), 4 * t * hkv * hd * item)
     del kk, vv, kc, vc
-    for s, ctx in ((64, 4096), (256, 1024)):
-        nblk = ctx // bs
-        nb = s * nblk
-        kc, vc = _rand(cp, (nb, bs, hkv, hd), d), _rand(cp, (nb, bs, hkv, hd), d)
-        tables = cp.asarray(np.random.default_rng().permutation(nb).astype(np.int32).reshape(s, nblk))
-        lens = cp.full((s,), ctx, cp.int32)
-        qsl = cp.arange(s + 1, dtype=cp.int32)
-        ns = cp.asarray(np.array([s], np.int32))
-        q, out = _rand(cp, (s, hq, hd), d), cp.empty((s, hq, hd), d)
-        row("paged_attention decode", f"S={s} ctx={ctx} Hq={hq} Hkv={hkv} D={hd}",
-            timer(lambda: K.paged_attention(q, kc, vc, out=out, block_tables=tables, seq_lens=lens,
-                                            query_start_loc=qsl, num_seqs=ns, max_query_len=1, scale=0.088)),
-            2 * s * ctx * hkv * hd * item + 2 * s * hq * hd * item)
-        del kc, vc
     t, h, vocab = 65536, 4096, 32000
     table, ids, out = _rand(cp, (vocab, h), d), cp.random.randint(0, vocab, size=t, dtype=cp.int32), cp.empty((t, h), d)
     row("embedding", f"T={t} H={h}", timer(lambda: K.embedding(ids, table, out=out)), 2 * t * h * item)
     del table, out
-    # vision-encoder attention (informational: no baseline in this run)
-    n_img, seq, heads, hd2 = 4, 1024, 16, 64
-    tt = n_img * seq
-    qkv = _rand(cp, (tt, 3 * heads, hd2), d)
-    cu = cp.arange(0, tt + 1, seq, dtype=cp.int32)
-    vout = cp.empty((tt, heads, hd2), d)
-    sec = timer(lambda: K.varlen_attention(qkv[:, :heads], qkv[:, heads:2 * heads], qkv[:, 2 * heads:], out=vout,
-                                           cu_seqlens=cu, max_seqlen=seq, causal=False, scale=0.125))
-    rows.append({"kernel": "varlen_attention (info)", "shape": f"{n_img}x{seq} tokens H={heads} D={hd2} bidir",
-                 "dtype": dt, "ours_us": sec * 1e6, "ref_us": "", "pct": "",
-                 "detail": f"{4 * n_img * seq * seq * heads * hd2 / sec / 1e12:.1f} TFLOP/s"})
-    print(rows[-1], flush=True)
-    del qkv, vout
     t, vocab = 512, 128256
     logits, toks = _rand(cp, (t, vocab), d), cp.empty((t,), cp.int32)
     row("argmax", f"T={t} V={vocab}", timer(lambda: K.argmax(logits, out=toks)), t * vocab * item)
+    return rows
+
+
+def _old_attention(K: Any, q, kb, vb, out, **kw) -> Callable[[], Any]:
+    """The CUDA-core attention kernel (the fallback path) for a side-by-side ratio."""
+    from cgraph.kernels import ops
+
+    return lambda: ops._attention_launch(q, kb, vb, out, **kw)
+
+
+def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> list[dict]:
+    """Paged decode against copy bandwidth; prefill TFLOP/s; both against the CUDA-core kernel."""
+    from cgraph.kernels import ops
+
+    d = _dtype(cp, dt)
+    item = d.itemsize
+    rows = []
+    bs = 16
+
+    def decode(s, ctx, hq, hkv, hd, contiguous=False, variant=None):
+        nblk = -(-ctx // bs)
+        nb = s * nblk
+        copies = max(1, min(128, (256 << 20) // (2 * nb * bs * hkv * hd * item)))  # defeat L2 at small sizes
+        caches = [(_rand(cp, (nb, bs, hkv, hd), d), _rand(cp, (nb, bs, hkv, hd), d)) for _ in range(copies)]
+        order = np.arange(nb) if contiguous else np.random.default_rng().permutation(nb)
+        tables = cp.asarray(order.astype(np.int32).reshape(s, nblk))
+        lens = cp.full((s,), ctx, cp.int32)
+        qsl = cp.arange(s + 1, dtype=cp.int32)
+        ns = cp.asarray(np.array([s], np.int32))
+        q, out = _rand(cp, (s, hq, hd), d), cp.empty((s, hq, hd), d)
+        state = {"i": 0}
+
+        def ours():
+            i = state["i"] = (state["i"] + 1) % copies
+            if variant is None:
+                K.paged_attention(q, caches[i][0], caches[i][1], out=out, block_tables=tables, seq_lens=lens,
+                                  query_start_loc=qsl, num_seqs=ns, max_query_len=1, scale=0.088)
+            else:
+                ops._flash_decode_launch(q, caches[i][0], caches[i][1], out, block_tables=tables, seq_lens=lens,
+                                         query_start_loc=qsl, num_seqs=ns, scale=0.088, stream=None, variant=variant)
+
+        def old():
+            i = state["i"] = (state["i"] + 1) % copies
+            _old_attention(K, q, caches[i][0], caches[i][1], out, hkv=hkv, ks=hkv * hd, vs=hkv * hd,
+                           int_args=(tables, np.int32(nblk), np.int32(bs), lens, qsl, ns, qsl, np.int32(0)),
+                           mode=0, causal=True, scale=0.088, stream=None)()
+
+        sec, sec_old = timer(ours), timer(old)
+        nbytes = 2 * s * ctx * hkv * hd * item + 2 * s * hq * hd * item
+        bw = nbytes / sec
+        rows.append({"kernel": "paged_attention decode" + (" (blocks in order)" if contiguous else "")
+                     + (f" (kernel {variant})" if variant else ""),
+                     "shape": f"S={s} ctx={ctx} Hq={hq} Hkv={hkv} D={hd}",
+                     "dtype": dt, "ours_us": sec * 1e6, "ref_us": nbytes / copy_bw * 1e6, "pct": 100 * bw / copy_bw,
+                     "detail": f"{bw / 1e9:.0f} GB/s; CUDA-core kernel {sec_old * 1e6:.1f} us"})
+        print(rows[-1], flush=True)
+
+    decode(64, 4096, 32, 8, 128)
+    decode(256, 1024, 32, 8, 128)
+    decode(1, 512, 16, 8, 64)
+    decode(8, 2048, 32, 8, 128)
+    decode(64, 4096, 32, 8, 128, contiguous=True)  # diagnostic: how much the shuffled blocks cost
+    for variant in ("s1", "h2", "h2k32", "h4k32"):  # tuning data for ops._decode_variant
+        decode(64, 4096, 32, 8, 128, variant=variant)
+        decode(256, 1024, 32, 8, 128, variant=variant)
+    decode(1, 512, 16, 8, 64, variant="s4")
+    cp.get_default_memory_pool().free_all_blocks()
+
+    def varlen(n_img, seq, heads, hd, causal):
+        tt = n_img * seq
+        qkv = _rand(cp, (tt, 3 * heads, hd), d)
+        cu = cp.arange(0, tt + 1, seq, dtype=cp.int32)
+        vout = cp.empty((tt, heads, hd), d)
+        q, k, v = qkv[:, :heads], qkv[:, heads:2 * heads], qkv[:, 2 * heads:]
+        sec = timer(lambda: K.varlen_attention(q, k, v, out=vout, cu_seqlens=cu, max_seqlen=seq, causal=causal,
+                                               scale=hd ** -0.5))
+        old = _old_attention(K, q, k, v, vout, hkv=heads, ks=3 * heads * hd, vs=3 * heads * hd,
+                             int_args=(cu, np.int32(0), np.int32(1), cu, cu, cu, cu, np.int32(n_img)),
+                             mode=2, causal=causal, scale=hd ** -0.5, stream=None)
+        sec_old = timer(old)
+        flops = 4 * n_img * seq * seq * heads * hd * (0.5 if causal else 1.0)
+        rows.append({"kernel": "varlen_attention", "shape": f"{n_img}x{seq} tokens H={heads} D={hd} "
+                     f"{'causal' if causal else 'bidir'}", "dtype": dt, "ours_us": sec * 1e6,
+                     "ref_us": sec_old * 1e6, "pct": 100 * sec_old / sec,
+                     "detail": f"{flops / sec / 1e12:.1f} TFLOP/s (CUDA-core kernel {flops / sec_old / 1e12:.1f})"})
+        print(rows[-1], flush=True)
+
+    varlen(4, 1024, 16, 64, False)
+    varlen(1, 16384, 16, 64, False)
+    varlen(4, 2048, 32, 128, True)
+    cp.get_default_memory_pool().free_all_blocks()
     return rows
 
 
@@ -244,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tune", action="store_true", help="skip the alternative GEMM plans")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-gemm", action="store_true")
+    parser.add_argument("--only", choices=("attention",), default=None,
+                        help="run one group of rows (results go to kernels_attention.{json,md})")
     args = parser.parse_args(argv)
     cp = require_device()
     import cgraph.kernels as K
@@ -253,11 +319,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device-to-device copy: {copy_bw / 1e9:.0f} GB/s (read + write)", flush=True)
     rows: list[dict] = []
     tuning: list[dict] = []
-    if not args.skip_memory:
+    only_attention = args.only == "attention"
+    if not args.skip_memory and not only_attention:
         for dt in ("float16", "bfloat16"):
             rows += memory_bound_rows(cp, K, timer, copy_bw, dt)
             print(f"memory-bound {dt} done", flush=True)
-    if not args.skip_gemm:
+    if not args.skip_memory or only_attention:
+        for dt in ("float16", "bfloat16"):
+            rows += attention_rows(cp, K, timer, copy_bw, dt)
+            print(f"attention {dt} done", flush=True)
+    if not args.skip_gemm and not only_attention:
         for dt in ("float16", "bfloat16"):
             r, tn = gemm_rows(cp, K, timer, dt, tune=not args.no_tune)
             rows += r
@@ -269,9 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         "for the same bytes.",
         "GEMM rows: ref_us = cuBLAS (cupy.matmul outside capture, or torch.matmul where noted); "
         "pct = cuBLAS time / our time (100% = as fast).",
+        "Attention rows: decode pct = bytes/s over copy bandwidth (K/V caches rotate over copies that "
+        "exceed L2 at small sizes); varlen ref_us = the CUDA-core fallback kernel on the same inputs, "
+        "pct = its time / ours (100% = as fast); FLOP = 4*T*S*H*D (halved for causal).",
         "Timing: CUDA events over back-to-back launches queued behind a spin kernel; median of 5.",
     ]
-    write_results("kernels", rows, title="Kernel throughput: memory-bound vs copy bandwidth, GEMM vs cuBLAS",
+    title = ("Attention kernels: decode vs copy bandwidth, prefill vs the CUDA-core kernel" if only_attention
+             else "Kernel throughput: memory-bound vs copy bandwidth, GEMM vs cuBLAS")
+    write_results("kernels_attention" if only_attention else "kernels", rows, title=title,
                   notes=notes, extra={"copy_bw_bytes_per_s": copy_bw, "gemm_tuning": tuning},
                   columns=["kernel", "shape", "dtype", "ours_us", "ref_us", "pct", "detail"])
     if tuning:

@@ -14,15 +14,23 @@ TILES: dict[str, tuple[int, int, int, int, int]] = {
     "t16": (16, 64, 64, 4, 4),
     "t32": (32, 64, 64, 4, 4),
     "t64": (64, 64, 64, 4, 4),
-    "t128": (128, 128, 32, 8, 4),
-    "t256": (128, 256, 32, 8, 3),
+    "t128": (128, 128, 64, 4, 3),
+    "t256": (128, 256, 64, 8, 3),
 }
 #: shared memory per multiprocessor usable by blocks on sm_80/sm_90 (bytes).
 SMEM_PER_SM = 227 * 1024
 SPLITS = (1, 2, 4, 8)
-GEMV_ROWS = (1, 2, 4, 8)
-#: largest M served by the GEMV-like kernel by default (weights streamed once per launch).
+#: row counts of the CUDA-core GEMV kernels (gemv_<dt>_m1/m2/m4).
+GEMV_ROWS = (1, 2, 4)
+#: largest M served by the CUDA-core GEMV kernel by default (weights streamed once per launch).
 GEMV_MAX_M = 4
+#: the streaming tensor-core kernel (gemv_<dt>_m8): rows, N slice per CTA, warps per CTA.
+STREAM_MAX_M = 32
+STREAM_BN = 16
+STREAM_BM = 32
+STREAM_WARPS = (2, 4, 8, 16)
+#: largest M the streaming kernel serves by default (above it the tiled kernel).
+STREAM_DEFAULT_MAX_M = 32
 
 
 def tile_smem_bytes(tile: str) -> int:
@@ -38,20 +46,64 @@ def resident_ctas(tile: str) -> int:
     return max(1, min(SMEM_PER_SM // smem, 64 // warps))
 
 
-def default_tile(m: int) -> str:
-    """Smallest tile height that covers m (weights are read once per M tile)."""
-    for tile, limit in (("t16", 16), ("t32", 32), ("t64", 128)):
+def default_tile(m: int, n: int, sm_count: int) -> str:
+    """Tile for m rows: the smallest height that covers m (weights are read once per M tile);
+    for 64 < m <= 128 a 128-row tile when N is wide enough to fill the GPU with it; for large
+    outputs the 128x256 tile (H200 tuning run, cgraph.bench.gemm_tune)."""
+    for tile, limit in (("t16", 16), ("t32", 32), ("t64", 64)):
         if m <= limit:
             return tile
+    if m <= 128:
+        return "t128" if n >= 8192 else "t64"
+    if math.ceil(m / 128) * math.ceil(n / 128) > 4 * sm_count:
+        return "t256"
     return "t128"
+
+
+def stream_warps(n: int, k: int, sm_count: int) -> int:
+    """Warps per CTA of the streaming kernel: as many as keep every CTA resident at once
+    (~16 warps per SM fit by registers; a second wave would double the time), and no more
+    than there are 128-wide K groups to share."""
+    ctas = math.ceil(n / STREAM_BN)
+    groups = math.ceil(k / 128)
+    best = STREAM_WARPS[0]
+    for w in STREAM_WARPS:
+        if ctas * w > 16 * sm_count:
+            break
+        best = w
+        if w >= groups:
+            break
+    return best
+
+
+def use_stream(m: int, n: int, k: int, sm_count: int) -> bool:
+    """Streaming kernel or tiled kernel for m <= STREAM_DEFAULT_MAX_M (H200 tuning run): the
+    streaming kernel wins when its warps, all resident at once, hold the whole weight matrix
+    within two 128-wide K groups each (1024x1024 .. 4096x1024 weights: 90-107% of cuBLAS);
+    for larger weights (11008x4096) the cluster-split tiles are faster (82% vs 62% at M=8)."""
+    if m > STREAM_DEFAULT_MAX_M:
+        return False
+    groups = math.ceil(k / 128)
+    return math.ceil(groups / stream_warps(n, k, sm_count)) <= 2
+
+
+def _split_capacity(tile: str, m: int, sm_count: int) -> int:
+    """CTAs a K split may fill (H200 tuning): skinny tiles ~2.7 per SM; 128-row tiles 3 per SM
+    at m <= 128 (weights dominate) and 2 per SM above (two fit by shared memory)."""
+    bm = TILES[tile][0]
+    if bm <= 64:
+        return int(sm_count * min(2.7, resident_ctas(tile)))
+    if tile == "t128":
+        return (3 if m <= 128 else 2) * sm_count
+    return sm_count
 
 
 @attrs.frozen
 class GemmPlan:
     """One launch: kernel name suffix (without dtype), grid, block, shared memory, K split."""
 
-    kind: str  # "tile", "gemv" or "fallback"
-    kernel: str  # e.g. "t64_s4", "m2", "fallback"
+    kind: str  # "tile", "gemv", "stream" or "fallback"
+    kernel: str  # e.g. "t64_s4", "m2", "m8" (the streaming kernel), "fallback"
     grid: tuple[int, int, int]
     block: int
     smem: int = 0
@@ -59,39 +111,50 @@ class GemmPlan:
 
 
 def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: bool,
-              tile: str | None = None, split: int | None = None, gemv_max_m: int = GEMV_MAX_M) -> GemmPlan:
-    """Choose the kernel for an (m, n, k) GEMM.
+              tile: str | None = None, split: int | None = None, gemv_max_m: int = GEMV_MAX_M,
+              streaming: bool | None = None, warps: int | None = None) -> GemmPlan:
+    """Choose the kernel for an (m, n, k) GEMM; depends only on its arguments (deterministic).
 
     aligned: K % 8 == 0 and a, w 16-byte aligned (needed by the tensor-core and GEMV paths).
     cluster: the device supports thread-block clusters (sm_90+), needed for a K split.
-    tile/split force a configuration (benchmarks); split > 1 needs cluster.
+    tile/split force a tiled configuration, streaming=True/warps the streaming kernel
+    (benchmarks and tests); split > 1 needs cluster.
     """
     if not aligned:
         return GemmPlan("fallback", "fallback", (math.ceil(n / 16), math.ceil(m / 16), 1), 256)
-    if tile is None and m <= gemv_max_m:
+    if tile is None and not streaming and m <= min(gemv_max_m, GEMV_ROWS[-1]):
         rows = next(r for r in GEMV_ROWS if r >= m)
         return GemmPlan("gemv", f"m{rows}", (math.ceil(n / 8), 1, 1), 256)
+    if streaming is None:
+        streaming = tile is None and use_stream(m, n, k, sm_count)
+    if streaming:
+        if m > STREAM_MAX_M:
+            raise ValueError(f"the streaming GEMM kernel serves M <= {STREAM_MAX_M}, got M={m}")
+        w = stream_warps(n, k, sm_count) if warps is None else warps
+        if w not in STREAM_WARPS:
+            raise ValueError(f"streaming GEMM warps must be one of {STREAM_WARPS}, got {w}")
+        return GemmPlan("stream", "m8", (math.ceil(n / STREAM_BN), 1, 1), 32 * w,
+                        w * STREAM_BM * STREAM_BN * 4)
     if tile is None:
-        tile = default_tile(m)
+        tile = default_tile(m, n, sm_count)
     if tile not in TILES:
         raise ValueError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)}")
-    bm, bn, bk, warps, _ = TILES[tile]
+    bm, bn, bk, warps_, _ = TILES[tile]
     tiles = math.ceil(m / bm) * math.ceil(n / bn)
     ktiles = math.ceil(k / bk)
     if split is None:
         # Split K while the grid still fits on the GPU at once: more CTAs in flight means
         # more weight bytes in flight, which is what skinny (memory-bound) shapes need.
-        # Skinny tiles: about 2.7 CTAs per multiprocessor measured best on an H200 (1024..11008
-        # wide weights). Large tiles are compute-bound: at most one CTA per multiprocessor.
         split = 1
         if cluster:
-            capacity = int(sm_count * (min(2.7, resident_ctas(tile)) if bm <= 64 else 1))
+            capacity = _split_capacity(tile, m, sm_count)
+            min_ktiles = 2 if bm <= 64 else 4
             for s in SPLITS[1:]:
-                if tiles * s <= capacity and math.ceil(ktiles / s) >= 2:
+                if tiles * s <= capacity and math.ceil(ktiles / s) >= min_ktiles:
                     split = s
     if split not in SPLITS:
         raise ValueError(f"GEMM split must be one of {SPLITS}, got {split}")
     if split > 1 and not cluster:
         raise ValueError("a K split needs thread-block clusters (compute capability 9.0 or newer)")
     return GemmPlan("tile", f"{tile}_s{split}", (math.ceil(n / bn), math.ceil(m / bm), split),
-                    warps * 32, tile_smem_bytes(tile), math.ceil(ktiles / split))
+                    warps_ * 32, tile_smem_bytes(tile), math.ceil(ktiles / split))

@@ -33,8 +33,12 @@ def _elementwise(prefix: str) -> tuple[str, ...]:
 
 
 def _attention() -> tuple[str, ...]:
-    return tuple(f"attention_{dt}_tg{tg}_gb{gb}" for dt in ("f16", "bf16")
-                 for tg in (8, 16, 32) for gb in (1, 2, 4, 8))
+    names = [f"attention_{dt}_tg{tg}_gb{gb}" for dt in ("f16", "bf16")
+             for tg in (8, 16, 32) for gb in (1, 2, 4, 8)]
+    names += [f"flash_{dt}_d{d}" for dt in ("f16", "bf16") for d in (64, 128)]
+    names += [f"flash_decode_{dt}_d{d}_{v}" for dt in ("f16", "bf16") for d in (64, 128)
+              for v in ("s1", "s2", "s4", "s8", "h2", "h2k32", "h4k32")]
+    return tuple(names)
 
 
 def _gemm() -> tuple[str, ...]:

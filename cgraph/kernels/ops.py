@@ -326,7 +326,7 @@ def _gemm_launch(a: Any, w: Any, out: Any, bias: Any, stream: Any, plan: GemmPla
     if plan.kind == "tile":
         name = f"gemm_{tag}_{plan.kernel}"
         args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k), _i32(plan.ktiles_per_split))
-    elif plan.kind == "gemv":
+    elif plan.kind in ("gemv", "stream"):  # the streaming kernel is gemv_<dt>_m8
         name = f"gemv_{tag}_{plan.kernel}"
         args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k))
     else:
@@ -341,8 +341,10 @@ def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> A
 
     float16 or bfloat16, all C-contiguous. Any M >= 1 (M = 0 launches nothing). Fast paths
     need K % 8 == 0 and 16-byte aligned a and w; otherwise a slower fallback kernel runs.
-    M <= 4 uses a GEMV-like kernel; larger M a tiled mma.sync kernel that, on sm_90, splits
-    K over a thread-block cluster when the output has too few tiles to fill the GPU.
+    M <= 4 uses a GEMV kernel; M <= 32 a kernel that streams the weights straight into
+    mma.sync fragments; larger M a tiled mma.sync kernel that, on sm_90, splits K over a
+    thread-block cluster when the output has too few tiles to fill the GPU. The plan depends
+    only on (M, N, K, dtype, device), so equal inputs give bit-identical outputs.
     """
     _gemm_launch(a, w, out, bias, stream)
     return out
@@ -441,6 +443,107 @@ def _attention_launch(q, kb, vb, out, *, hkv: int, ks: int, vs: int, int_args: t
              _i64(qs), _i64(ks), _i64(vs), _f32(scale)), stream)
 
 
+_LOG2E = 1.4426950408889634
+_FLASH_HEAD_SIZES = (64, 128)  # tensor-core kernels; other head sizes use the CUDA-core kernel
+_FLASH_ROWS = 64  # query rows per CTA of the prefill kernel
+_FLASH_STAGES, _DECODE_STAGES = 2, 3  # K/V tiles of 64 keys in flight (see kernels/attention.cu)
+
+
+def _flash_ready(q, kb, vb, out, *, hkv: int, ks: int, vs: int, scale: float) -> tuple[int, str]:
+    """Checks shared by the tensor-core launches; returns (q row stride, dtype tag)."""
+    qs = _check_attention(q, hkv, ks, vs, scale)
+    if not _aligned(_ptr("q", q), _ptr("k", kb), _ptr("v", vb), _ptr("out", out)):
+        raise ValueError("q, k, v and out must start at 16-byte aligned addresses")
+    return qs, _TAGS[_dtype(q)]
+
+
+def _flash_launch(q, kb, vb, out, *, hkv: int, ks: int, vs: int, paged: tuple, starts: Any, num_seqs: Any,
+                  n_seg_cap: int, mode: int, causal: bool, scale: float, stream: Any,
+                  skip_single: bool = False) -> None:
+    """FA2-style prefill over segments (mode 1: paged, 2: contiguous varlen).
+
+    skip_single leaves the rows of one-query segments untouched (the decode kernel writes them).
+
+    The grid is sized from host bounds only: every segment needs ceil(len/64) tiles, the
+    padding rows past the last segment need the rest, and sum(ceil) <= ceil(T/64) + n_seg.
+    """
+    t, hq, d = q.shape
+    qs, tag = _flash_ready(q, kb, vb, out, hkv=hkv, ks=ks, vs=vs, scale=scale)
+    if t == 0:
+        return
+    block_tables, max_blocks, block_size, seq_lens = paged
+    grid = (-(-t // _FLASH_ROWS) + n_seg_cap + 1, hq)
+    smem = (_FLASH_ROWS + 2 * _FLASH_STAGES * 64) * d * 2
+    _prefer_shared(f"flash_{tag}_d{d}", smem)
+    _launch("attention", f"flash_{tag}_d{d}", grid, 128,
+            (out, q, kb, vb, block_tables, _i32(max_blocks), _i32(block_size), seq_lens, starts, num_seqs,
+             _i32(n_seg_cap), _i32(mode), _i32(bool(causal)), _i32(bool(skip_single)), _i32(t), _i32(hq),
+             _i32(hkv), _i64(qs),
+             _i64(ks), _i64(vs), _f32(scale * _LOG2E)), stream, smem=smem)
+
+
+_CARVEOUT_SET: set[tuple[int, str]] = set()
+
+
+def _prefer_shared(name: str, smem: int) -> None:
+    """Ask once per kernel for the largest shared-memory carveout, so that two CTAs of ~100 KB
+    share an SM (a function attribute, not a stream operation: safe before or during capture)."""
+    key = (cupy().cuda.Device().id, name)
+    if key not in _CARVEOUT_SET:
+        get_kernel("attention", name, dynamic_smem=smem).preferred_shared_memory_carveout = 100
+        _CARVEOUT_SET.add(key)
+
+
+#: decode kernel variants: (KV heads per CTA, warps per head); keys per tile = 16 * warps per head
+_DECODE_VARIANTS = {"s": (1, 4), "h2": (2, 4), "h2k32": (2, 2), "h4k32": (4, 2)}
+
+
+def _decode_variant(hkv: int) -> tuple[str, int]:
+    """(variant, key splits) of the decode kernel by default.
+
+    Depends on the head layout only, never on the batch: a sequence's output is then the same
+    bits at any batch size or padding, in the decode launch and in the mixed launch alike, which
+    is what lets every graph mode generate exactly the eager tokens. Two KV heads per CTA make
+    each key one contiguous run (H200 tuning run, notebooks/results/kernels_attention.md,
+    Hkv=8 D=128: h2k32 88% / 84% of copy bandwidth at 64 x 4096 / 256 x 1024 keys; s1 73% / 69%).
+    Key splits over a cluster (variant "s2".."s8") cut batch-1 latency but would make the result
+    depend on the batch size, so they are only used when forced.
+    """
+    return ("h2k32", 1) if hkv % 2 == 0 else ("s", 1)
+
+
+def _flash_decode_launch(q, k_cache, v_cache, out, *, block_tables, seq_lens, query_start_loc, num_seqs,
+                         scale: float, stream: Any, variant: str | None = None, mixed: bool = False) -> None:
+    """Split-KV tensor-core decode; `variant` ("s1".."s8", "h2", "h2k32", "h4k32") forces a
+    kernel (tests and the benchmark); None picks the batch-independent default.
+
+    mixed=False: row i is sequence i (every q_len is 1). mixed=True: one CTA per sequence row,
+    serving only the sequences whose q_len is 1, at their row query_start_loc[s].
+    """
+    t, hq, d = q.shape
+    _, bs, hkv, _ = k_cache.shape
+    s, max_blocks = block_tables.shape
+    qs, tag = _flash_ready(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d, scale=scale)
+    if t == 0 or s == 0:
+        return
+    if variant is None:
+        kind, splits = _decode_variant(hkv)
+    elif variant[0] == "s":
+        kind, splits = "s", int(variant[1:])
+    else:
+        kind, splits = variant, 1
+    heads, wph = _DECODE_VARIANTS[kind]
+    if hkv % heads:
+        raise ValueError(f"decode variant {variant!r} needs Hkv={hkv} to be a multiple of {heads}")
+    name = f"flash_decode_{tag}_d{d}_" + (f"s{splits}" if kind == "s" else kind)
+    smem = heads * (16 + 2 * _DECODE_STAGES * 16 * wph) * d * 2
+    _prefer_shared(name, smem)
+    _launch("attention", name, (splits, hkv // heads, s if mixed else t), 32 * heads * wph,
+            (out, q, k_cache, v_cache, block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
+             num_seqs, _i32(s), _i32(bool(mixed)), _i32(hq), _i32(hkv), _i64(qs), _f32(scale * _LOG2E)),
+            stream, smem=smem)
+
+
 def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_tables: Any, seq_lens: Any,
                     query_start_loc: Any, num_seqs: Any, max_query_len: int, scale: float,
                     stream: Any = None) -> Any:
@@ -486,6 +589,22 @@ def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_table
     for n, a in (("block_tables", block_tables), ("seq_lens", seq_lens),
                  ("query_start_loc", query_start_loc), ("num_seqs", num_seqs)):
         _ptr(n, a)
+    # The decode kernel serves every one-query sequence, in both launches, so that a decode
+    # row computes the same bits whether its step ran the decode or the mixed path.
+    decode_kernel = d in _FLASH_HEAD_SIZES and hq // hkv <= 16 and max(t, s) <= 65535  # rows on grid z
+    if decode_kernel and max_query_len == 1:
+        _flash_decode_launch(q, k_cache, v_cache, out, block_tables=block_tables, seq_lens=seq_lens,
+                             query_start_loc=query_start_loc, num_seqs=num_seqs, scale=scale, stream=stream)
+        return out
+    if d in _FLASH_HEAD_SIZES:
+        _flash_launch(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d,
+                      paged=(block_tables, max_blocks, bs, seq_lens), starts=query_start_loc, num_seqs=num_seqs,
+                      n_seg_cap=s, mode=1, causal=True, scale=scale, stream=stream, skip_single=decode_kernel)
+        if decode_kernel:
+            _flash_decode_launch(q, k_cache, v_cache, out, block_tables=block_tables, seq_lens=seq_lens,
+                                 query_start_loc=query_start_loc, num_seqs=num_seqs, scale=scale,
+                                 stream=stream, mixed=True)
+        return out
     _attention_launch(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d,
                       int_args=(block_tables, _i32(max_blocks), _i32(bs), seq_lens, query_start_loc,
                                 num_seqs, query_start_loc, _i32(0)),
@@ -530,6 +649,10 @@ def varlen_attention(q: Any, k: Any, v: Any, *, out: Any, cu_seqlens: Any, max_s
     _check_attention(q, hkv, ks, vs, scale)
     _ptr("cu_seqlens", cu_seqlens)
     n = cu_seqlens.shape[0] - 1
+    if d in _FLASH_HEAD_SIZES:
+        _flash_launch(q, k, v, out, hkv=hkv, ks=ks, vs=vs, paged=(cu_seqlens, 0, 1, cu_seqlens), starts=cu_seqlens,
+                      num_seqs=cu_seqlens, n_seg_cap=n, mode=2, causal=causal, scale=scale, stream=stream)
+        return out
     _attention_launch(q, k, v, out, hkv=hkv, ks=ks, vs=vs,
                       int_args=(cu_seqlens, _i32(0), _i32(1), cu_seqlens, cu_seqlens, cu_seqlens,
                                 cu_seqlens, _i32(n)),
