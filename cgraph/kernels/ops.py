@@ -555,6 +555,11 @@ def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_table
     seq_lens[s] - q_len + j and sees keys 0..that position. max_query_len (host int) only
     picks the path: 1 means decode (row i is sequence i). Rows at or past
     query_start_loc[num_seqs], and sequences with seq_lens 0, are written as zeros.
+
+    Batch invariance: for head sizes 64 and 128 a one-query sequence is always computed by
+    the same decode kernel (alone in the decode path; next to the prefill kernel in the mixed
+    path), whose choice depends on no batch property, so its row is bit-identical at any
+    batch size, padding or path. That is what lets a padded graph replay match eager exactly.
     """
     _check_array("q", q)
     dt = _check_dtype("q", q, HALVES)
