@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from cgraph import (GraphConfig, GraphMode, BatchDescriptor, build_dispatch_table, capture_descriptors,
+from cgraph import (GraphConfig, GraphMode, build_dispatch_table, capture_descriptors,
                     dispatch, padding_report, suggest_capture_sizes)
 from cgraph.sizes import padded_tokens
 

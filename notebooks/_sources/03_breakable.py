@@ -69,7 +69,7 @@ def model():
         K.gemm(normed, w["qkv"], out=qkv)
         attention(qkv, cu_seqlens, attn)            # a break in PIECEWISE, captured in FULL
         K.gemm(attn.reshape(T, H), w["o"], out=proj)
-        resid += proj
+        cp.add(resid, proj, out=resid)              # residual add, in place
     return K.rms_norm(resid, final_norm, EPS, out=out)
 
 
