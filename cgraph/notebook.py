@@ -364,7 +364,8 @@ def run_notebook(
 
 
 def default_provenance() -> dict[str, str]:
-    """Where and when a run happened: device name, UTC date, git commit, Python and CuPy versions."""
+    """Where and when a run happened: device name, UTC date, Python and CuPy versions, and the git
+    commit when the tracked files are exactly that commit's."""
     from cgraph.bench._report import device_name  # noqa: PLC0415 - imports CuPy lazily
 
     info = {"device": device_name(),
@@ -375,9 +376,15 @@ def default_provenance() -> dict[str, str]:
 
         info["cupy"] = cupy.__version__
     with contextlib.suppress(Exception):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-        if commit:
+        here = Path(__file__).resolve().parent
+
+        def git(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10)
+
+        # a commit names the code only when the tracked files match it (a copied tree may not)
+        status = git("status", "--porcelain", "--untracked-files=no")
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip()
+        if commit and status.returncode == 0 and not status.stdout.strip():
             info["commit"] = commit
     return info
 

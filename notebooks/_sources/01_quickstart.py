@@ -238,7 +238,7 @@ from cgraph import GraphConfig, GraphMode, GraphRunner, StaticBuffers, build_dis
 cfg = GraphConfig("full", max_num_seqs=4)            # capture sizes 1, 2, 4, 8
 table = build_dispatch_table(cfg)
 bufs = StaticBuffers({"x": ((cfg.max_capture_size, H), "float16"),
-                      "y": ((cfg.max_capture_size, H), "float16")})
+                      "y": ((cfg.max_capture_size, 2 * I), "float16")})  # w_up is [2I, H]
 w_up = weights[0]["up"]
 runner = GraphRunner(lambda a, out: K.gemm(a, w_up, out=out), GraphMode.FULL, name="up_proj")
 
