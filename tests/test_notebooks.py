@@ -110,6 +110,15 @@ def test_dot_helpers_of_the_quickstart():
     assert nodes == {f"graph_1_node_{i}": ("KERNEL", f"k{i}_f16") for i in range(n)}
     assert edges == [(f"graph_1_node_{i}", f"graph_1_node_{i + 1}") for i in range(n - 1)]
     assert ns["layers"](nodes, edges) == {f"graph_1_node_{i}": i for i in range(n)}
+    # the compact style CuPy's debug_dot_str() printed on the GPU machine (kernel name on line 2)
+    compact = ('digraph dot {\nsubgraph cluster_1 {\nlabel="graph_1" graph[style="dashed"];\n'
+               '"graph_1_node_0"[style="bold" shape="octagon" label="0\nrms_norm_f16_v8\n"];\n\n'
+               '"graph_1_node_1"[style="bold" shape="octagon" label="1\ncupy_multiply__float16_float_float16\n"];\n\n'
+               '"graph_1_node_0" -> "graph_1_node_1";\n}\n}\n')
+    nodes, edges = ns["parse_dot"](compact)
+    assert nodes == {"graph_1_node_0": ("KERNEL", "rms_norm_f16_v8"),
+                     "graph_1_node_1": ("KERNEL", "cupy_multiply__float16_float_float16")}
+    assert edges == [("graph_1_node_0", "graph_1_node_1")]
     # a diamond: the join sits one layer below its deepest input
     diamond = {k: ("KERNEL", k) for k in "abcd"}
     assert ns["layers"](diamond, [("a", "b"), ("a", "c"), ("b", "c"), ("c", "d"), ("a", "d")]) == \

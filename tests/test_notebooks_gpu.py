@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ NAMES = ["01_quickstart", "02_dispatch", "03_breakable", "04_encoder_budgets", "
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(bool(os.environ.get("CGRAPH_TEST_NO_POOL")),
+                    reason="under compute-sanitizer the notebooks' timing loops take too long; the library "
+                           "code they call is covered by the other GPU tests")
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(name):
     pytest.importorskip("matplotlib")  # the plots need it; the GPU machine has it

@@ -127,12 +127,21 @@ _KINDS = ("KERNEL", "MEMSET", "MEMCPY", "HOST", "EMPTY", "EVENT_RECORD", "WAIT_E
 
 
 def parse_dot(dot):
-    """(nodes, edges) of a CUDA graph DOT dump: nodes {id: (kind, label)}, edges [(a, b)]."""
+    """(nodes, edges) of a CUDA graph DOT dump: nodes {id: (kind, label)}, edges [(a, b)].
+
+    Two label styles: the compact one CuPy prints (label="<index>\\n<kernel name>\\n", a
+    kernel drawn as an octagon) and CUDA's verbose record ("{KERNEL | {ID | i (topoId: t) | name...").
+    """
     nodes = {}
     for m in _NODE.finditer(dot):
         attrs = m.group("attrs")
-        kind = next((k for k in _KINDS if re.search(rf"(?<![A-Za-z_]){k}(?![A-Za-z_])", attrs)), "NODE")
+        kind = next((k for k in _KINDS if re.search(rf"(?<![A-Za-z_]){k}(?![A-Za-z_])", attrs)), None)
         name = re.search(r"topoId: \d+\)\s*\|\s*([A-Za-z_][\w$]*)", attrs)
+        if name is None:  # compact style: the kernel name is the label's second line
+            name = re.search(r'label="\d+\s*\n([A-Za-z_][\w$]*)', attrs)
+            if kind is None and name is not None and 'shape="octagon"' in attrs:
+                kind = "KERNEL"
+        kind = kind or "NODE"
         nodes[m.group("id")] = (kind, name.group(1) if name else kind.lower())
     edges = [(m.group("a"), m.group("b")) for m in _EDGE.finditer(dot)]
     return nodes, edges
