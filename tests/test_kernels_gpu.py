@@ -314,20 +314,6 @@ def test_paged_attention_decode_with_padding_rows(cp, dt, hq, hkv, d):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-def test_paged_attention_chunked_prefill_mixed_lengths(cp, dt):
-    hq, hkv, d = 8, 2, 64
-    q_lens, ctx = [3, 1, 7, 20], [3 + 10, 1, 7 + 40, 20]
-    t_rows = sum(q_lens) + 5
-    q, kc, vc, args, hs = _paged_setup(cp, dt, q_lens, ctx, t_rows, hq, hkv, d)
-    out = empty(cp, (t_rows, hq, d), dt)
-    K.paged_attention(q, kc, vc, out=out, max_query_len=max(q_lens), scale=0.1, **args)
-    want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), 0.1)
-    got = host(out)
-    assert_close(got, want, dt, "prefill")
-    assert not got[sum(q_lens):].any()
-
-
-@pytest.mark.parametrize("dt", DTYPES)
 def test_paged_attention_reads_num_seqs_from_device(cp, dt):
     ctx = [5, 40, 33]
     q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * 3, ctx, 3, 4, 2, 64)
@@ -434,20 +420,22 @@ def test_paged_attention_decode_every_variant_on_a_small_batch(cp, dt, variant):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("hq, hkv, d", [(8, 2, 128), (4, 4, 64)])
-def test_paged_attention_prefill_long_chunks_and_decode_rows(cp, dt, hq, hkv, d):
-    """Chunked prefill through the tensor-core kernel: chunks longer than one tile after a
-    cached prefix, single-token rows mixed in, an empty sequence, and padding rows."""
-    q_lens = [150, 1, 70, 0, 3, 64]
-    ctx = [150 + 200, 33, 70, 0, 3 + 61, 64 + 1]
-    t_rows = sum(q_lens) + 9
+@pytest.mark.parametrize("hq, hkv, d, q_lens, ctx, pad", [
+    (8, 2, 64, [3, 1, 7, 20], [3 + 10, 1, 7 + 40, 20], 5),  # short chunks after cached prefixes
+    # chunks longer than one 64-row tile after a cached prefix, single-token rows mixed in,
+    # an empty sequence, and padding rows
+    (8, 2, 128, [150, 1, 70, 0, 3, 64], [150 + 200, 33, 70, 0, 3 + 61, 64 + 1], 9),
+    (4, 4, 64, [150, 1, 70, 0, 3, 64], [150 + 200, 33, 70, 0, 3 + 61, 64 + 1], 9),
+])
+def test_paged_attention_chunked_prefill_mixed_lengths(cp, dt, hq, hkv, d, q_lens, ctx, pad):
+    t_rows = sum(q_lens) + pad
     q, kc, vc, args, hs = _paged_setup(cp, dt, q_lens, ctx, t_rows, hq, hkv, d)
     out = empty(cp, (t_rows, hq, d), dt)
     K.paged_attention(q, kc, vc, out=out, max_query_len=max(q_lens), scale=0.1, **args)
     want = ref.paged_attention(hs["q"], hs["kc"], hs["vc"], hs["tables"], hs["seq_lens"], hs["qsl"], len(ctx), 0.1)
     got = host(out)
     assert_close(got, want, dt, "prefill")
-    assert not got[sum(q_lens):].any()
+    assert not got[sum(q_lens):].any(), "padding rows must be zeros"
 
 
 @pytest.mark.parametrize("dt", DTYPES)

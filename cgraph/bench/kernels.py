@@ -198,7 +198,7 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
     decode(1, 512, 16, 8, 64)
     decode(8, 2048, 32, 8, 128)
     decode(64, 4096, 32, 8, 128, contiguous=True)  # diagnostic: how much the shuffled blocks cost
-    for variant in ("s1", "h2", "h2k32", "h4k32"):  # tuning data for ops._decode_variant
+    for variant in ("s1", "h2", "h2k32", "h4k32"):  # tuning data for ops._default_decode_variant
         decode(64, 4096, 32, 8, 128, variant=variant)
         decode(256, 1024, 32, 8, 128, variant=variant)
     decode(1, 512, 16, 8, 64, variant="s4")

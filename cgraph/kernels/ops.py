@@ -478,8 +478,7 @@ def _flash_launch(q, kb, vb, out, *, hkv: int, ks: int, vs: int, paged: tuple, s
     _launch("attention", f"flash_{tag}_d{d}", grid, 128,
             (out, q, kb, vb, block_tables, _i32(max_blocks), _i32(block_size), seq_lens, starts, num_seqs,
              _i32(n_seg_cap), _i32(mode), _i32(bool(causal)), _i32(bool(skip_single)), _i32(t), _i32(hq),
-             _i32(hkv), _i64(qs),
-             _i64(ks), _i64(vs), _f32(scale * _LOG2E)), stream, smem=smem)
+             _i32(hkv), _i64(qs), _i64(ks), _i64(vs), _f32(scale * _LOG2E)), stream, smem=smem)
 
 
 _CARVEOUT_SET: set[tuple[int, str]] = set()
@@ -498,18 +497,18 @@ def _prefer_shared(name: str, smem: int) -> None:
 _DECODE_VARIANTS = {"s": (1, 4), "h2": (2, 4), "h2k32": (2, 2), "h4k32": (4, 2)}
 
 
-def _decode_variant(hkv: int) -> tuple[str, int]:
-    """(variant, key splits) of the decode kernel by default.
+def _default_decode_variant(hkv: int) -> str:
+    """The decode kernel used unless one is forced: depends on the head layout only.
 
-    Depends on the head layout only, never on the batch: a sequence's output is then the same
-    bits at any batch size or padding, in the decode launch and in the mixed launch alike, which
-    is what lets every graph mode generate exactly the eager tokens. Two KV heads per CTA make
-    each key one contiguous run (H200 tuning run, notebooks/results/kernels_attention.md,
-    Hkv=8 D=128: h2k32 88% / 84% of copy bandwidth at 64 x 4096 / 256 x 1024 keys; s1 73% / 69%).
-    Key splits over a cluster (variant "s2".."s8") cut batch-1 latency but would make the result
-    depend on the batch size, so they are only used when forced.
+    Never on the batch: a sequence's output is then the same bits at any batch size or
+    padding, in the decode launch and in the mixed launch alike, which is what lets every
+    graph mode generate exactly the eager tokens. Two KV heads per CTA make each key one
+    contiguous run (H200 tuning run, notebooks/results/kernels_attention.md, Hkv=8 D=128:
+    h2k32 88% / 84% of copy bandwidth at 64 x 4096 / 256 x 1024 keys; s1 73% / 69%). Key
+    splits over a cluster ("s2".."s8") cut batch-1 latency but would make the result depend
+    on the batch size, so they are only used when forced.
     """
-    return ("h2k32", 1) if hkv % 2 == 0 else ("s", 1)
+    return "h2k32" if hkv % 2 == 0 else "s1"
 
 
 def _flash_decode_launch(q, k_cache, v_cache, out, *, block_tables, seq_lens, query_start_loc, num_seqs,
@@ -526,12 +525,8 @@ def _flash_decode_launch(q, k_cache, v_cache, out, *, block_tables, seq_lens, qu
     qs, tag = _flash_ready(q, k_cache, v_cache, out, hkv=hkv, ks=hkv * d, vs=hkv * d, scale=scale)
     if t == 0 or s == 0:
         return
-    if variant is None:
-        kind, splits = _decode_variant(hkv)
-    elif variant[0] == "s":
-        kind, splits = "s", int(variant[1:])
-    else:
-        kind, splits = variant, 1
+    variant = variant or _default_decode_variant(hkv)
+    kind, splits = ("s", int(variant[1:])) if variant[0] == "s" else (variant, 1)
     heads, wph = _DECODE_VARIANTS[kind]
     if hkv % heads:
         raise ValueError(f"decode variant {variant!r} needs Hkv={hkv} to be a multiple of {heads}")
