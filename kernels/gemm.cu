@@ -13,18 +13,7 @@
 //     memory staging, next K group prefetched into registers (see below;
 //     the name is kept from the GEMV family the loader lists).
 //   gemm_fallback_<dt>: any K, any alignment; smem tiles and fp32 FMA (slow, for odd K).
-#include "common.cuh"
-
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 r;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-  return r;
-}
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+#include "gemm_common.cuh"
 
 __device__ __forceinline__ void ldmatrix_x4(u32* r, u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -46,32 +35,6 @@ template <> struct Mma<BF16> {
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 };
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define CG_HAS_CLUSTER 1
-#define CG_CLUSTER_Z(S) __cluster_dims__(1, 1, S)
-#else
-#define CG_HAS_CLUSTER 0
-#define CG_CLUSTER_Z(S)
-#endif
-
-__device__ __forceinline__ void cluster_sync_all() {
-#if CG_HAS_CLUSTER
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ float4 ld_cluster_f4(u32 local_addr, int rank) {
-  float4 v;
-#if CG_HAS_CLUSTER
-  u32 remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local_addr), "r"(rank));
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote) : "memory");
-#else
-  v.x = v.y = v.z = v.w = 0.f;
-#endif
-  return v;
-}
 
 // Dynamic shared memory (bytes) the tiled kernel needs; mirrored in cgraph/kernels/gemm_plan.
 template <int BM, int BN, int BK, int STAGES>
@@ -172,8 +135,7 @@ __device__ __forceinline__ void gemm_tile_body(u16* __restrict__ out, const u16*
   cp_async_wait<0>();
   __syncthreads();
 
-  // Epilogue: fp32 tile in shared memory; with a cluster, CTA r sums rows [r*BM/S, (r+1)*BM/S)
-  // over every CTA's tile (distributed shared memory), adds the bias and stores.
+  // Epilogue: the fp32 tile to shared memory, then the (cluster) sum and store.
   constexpr int LDC = BN + 4;
   float* Cs = reinterpret_cast<float*>(smem_raw);
 #pragma unroll
@@ -187,43 +149,7 @@ __device__ __forceinline__ void gemm_tile_body(u16* __restrict__ out, const u16*
       Cs[(r + 8) * LDC + c] = acc[mt][nt][2];
       Cs[(r + 8) * LDC + c + 1] = acc[mt][nt][3];
     }
-  if (SPLIT > 1) cluster_sync_all(); else __syncthreads();
-  constexpr int ROWS = BM / SPLIT;
-  const bool vec_out = (N % 4) == 0;
-  for (int idx = tid; idx < ROWS * (BN / 4); idx += NT) {
-    const int r = split * ROWS + idx / (BN / 4);
-    const int c = (idx % (BN / 4)) * 4;
-    const int gm = m0 + r, gn = n0 + c;
-    float v[4];
-    if (SPLIT > 1) {
-      const u32 la = smem_addr(Cs + r * LDC + c);
-      v[0] = v[1] = v[2] = v[3] = 0.f;
-#pragma unroll
-      for (int q = 0; q < SPLIT; ++q) {
-        const float4 p = ld_cluster_f4(la, q);
-        v[0] += p.x; v[1] += p.y; v[2] += p.z; v[3] += p.w;
-      }
-    } else {
-      const float4 p = *reinterpret_cast<const float4*>(Cs + r * LDC + c);
-      v[0] = p.x; v[1] = p.y; v[2] = p.z; v[3] = p.w;
-    }
-    if (gm >= M || gn >= N) continue;
-    if (has_bias) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) if (gn + j < N) v[j] += D::to_f(bias[gn + j]);
-    }
-    u16* o = out + (i64)gm * N + gn;
-    if (vec_out) {
-      uint2 pk;
-      pk.x = (u32)D::from_f(v[0]) | ((u32)D::from_f(v[1]) << 16);
-      pk.y = (u32)D::from_f(v[2]) | ((u32)D::from_f(v[3]) << 16);
-      *reinterpret_cast<uint2*>(o) = pk;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) if (gn + j < N) o[j] = D::from_f(v[j]);
-    }
-  }
-  if (SPLIT > 1) cluster_sync_all();  // peers may still read this CTA's tile
+  tile_store_epilogue<D, BM, BN, SPLIT, NT>(Cs, split, out, bias, has_bias, M, N, m0, n0);
 }
 
 #define GEMM_TILE(NAME, TAG, BM, BN, BK, WM, WN, ST, S)                                            \

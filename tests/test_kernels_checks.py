@@ -14,8 +14,9 @@ import pytest
 
 import cgraph.kernels as K
 from cgraph.kernels import reference as ref
-from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, plan_gemm,
-                                      tile_smem_bytes)
+from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_MIN_M,
+                                      WGMMA_SPLITS, WGMMA_TILES, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
+from cgraph.kernels.tensor_map import encode_2d
 
 RNG = np.random.default_rng()
 
@@ -161,6 +162,65 @@ def test_gemm_plan_split_only_with_clusters_and_fallback_when_unaligned():
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=False, tile="t16", split=4)
     with pytest.raises(ValueError, match="tile"):
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=True, tile="t48")
+
+
+@pytest.mark.parametrize("m", [65, 100, 128, 129, 512, 2048, 4096])
+@pytest.mark.parametrize("n, k", [(1024, 1024), (4096, 1024), (1024, 4096), (11008, 4096), (7, 40)])
+@pytest.mark.parametrize("sms", [114, 132])
+def test_wgmma_plan_covers_the_output_and_all_of_k(m, n, k, sms):
+    plan = plan_gemm(m, n, k, aligned=True, sm_count=sms, cluster=True, wgmma=True)
+    assert plan.kind == "wgmma"
+    tile, split = plan.kernel.split("_s")
+    bm, bn, _ = WGMMA_TILES[tile]
+    split = int(split)
+    assert split in WGMMA_SPLITS and bm % split == 0, "each CTA of a cluster must own whole rows"
+    assert plan.grid == (math.ceil(n / bn), math.ceil(m / bm), split)
+    assert plan.ktiles_per_split * split >= math.ceil(k / 64)
+    assert plan.block == 256 and plan.smem == wgmma_smem_bytes(tile) <= 227 * 1024
+    # a split never pushes the grid past one CTA per multiprocessor
+    assert split == 1 or plan.grid[0] * plan.grid[1] * split <= sms
+
+
+@pytest.mark.parametrize("n, k", [(1024, 1024), (4096, 1024), (11008, 4096), (520, 768)])
+def test_wgmma_plan_depends_on_m_only_through_its_row_tiles(n, k):
+    # padding a batch up to a capture size must not change any row's kernel or K split
+    for lo, hi in ((WGMMA_MIN_M + 1, 128), (129, 256), (257, 384)):
+        plans = {plan_gemm(m, n, k, aligned=True, sm_count=132, cluster=True, wgmma=True).kernel
+                 for m in range(lo, hi + 1)}
+        assert len(plans) == 1, (lo, hi, plans)
+
+
+def test_wgmma_plan_only_where_the_device_runs_it():
+    kw = dict(aligned=True, sm_count=132, cluster=True)
+    assert plan_gemm(WGMMA_MIN_M, 4096, 1024, wgmma=True, **kw).kind == "tile"
+    assert plan_gemm(WGMMA_MIN_M + 1, 4096, 1024, wgmma=True, **kw).kind == "wgmma"
+    assert plan_gemm(100, 4096, 1024, wgmma=False, **kw).kind == "tile"
+    assert plan_gemm(16, 4096, 1024, wgmma=True, streaming=True, **kw).kind == "stream"
+    assert plan_gemm(100, 4096, 1026, wgmma=True, aligned=False, sm_count=132, cluster=True).kind == "fallback"
+    assert plan_gemm(8, 512, 64, wgmma=True, tile="w128x64s8", **kw).kind == "wgmma"
+    with pytest.raises(ValueError, match="compute capability 9.0"):
+        plan_gemm(100, 4096, 1024, tile="w128x128s6", **kw)
+    with pytest.raises(ValueError, match="split must be one of"):
+        plan_gemm(100, 4096, 1024, wgmma=True, tile="w128x128s6", split=8, **kw)
+
+
+def test_wgmma_tile_choice_follows_the_output_size():
+    kw = dict(aligned=True, sm_count=132, cluster=True, wgmma=True)
+    assert plan_gemm(128, 4096, 1024, **kw).kernel.startswith("w128x64s8")  # 32 tiles of 128x128
+    assert plan_gemm(128, 11008, 4096, **kw).kernel == "w128x128s6_s1"
+    assert plan_gemm(2048, 11008, 4096, **kw).kernel.startswith("w128x256s4")
+    assert plan_gemm(128, 1024, 1024, **kw).kernel == "w128x64s8_s4"  # 16 tiles: split K 4 ways
+
+
+def test_tensor_map_rejects_what_the_tma_cannot_address():
+    with pytest.raises(ValueError, match="16-byte aligned.*0x1002"):
+        encode_2d(0x1002, 16, 64, 128)
+    with pytest.raises(ValueError, match=r"cols % 8 == 0.*\[16, 60\]"):
+        encode_2d(0x1000, 16, 60, 128)
+    with pytest.raises(ValueError, match="box 300x64"):
+        encode_2d(0x1000, 16, 64, 300)
+    with pytest.raises(ValueError, match="box 64x32"):
+        encode_2d(0x1000, 16, 64, 64, box_cols=32)
 
 
 # ------------------------------------------------------------------ references

@@ -17,7 +17,7 @@ import pytest
 import cgraph.kernels as K
 from cgraph.kernels import ops
 from cgraph.kernels import reference as ref
-from cgraph.kernels.gemm_plan import TILES
+from cgraph.kernels.gemm_plan import TILES, WGMMA_SPLITS, WGMMA_TILES
 
 pytestmark = pytest.mark.gpu
 
@@ -199,6 +199,72 @@ def test_gemm_every_tile_and_cluster_split(cp, dt, tile, split):
         pytest.skip("cluster split needs sm_90")
     _gemm_case(cp, dt, int(RNG.integers(1, 200)), 300 + 8 * int(RNG.integers(0, 40)), 1000, bias=True,
                tile=tile, split=split)
+
+
+def _needs_wgmma(cp):
+    if int(cp.cuda.Device().compute_capability) != 90:
+        pytest.skip("the wgmma kernels run on compute capability 9.0 (H100/H200) only")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("tile", sorted(WGMMA_TILES))
+@pytest.mark.parametrize("split", WGMMA_SPLITS)
+def test_gemm_every_wgmma_tile_and_split(cp, dt, tile, split):
+    _needs_wgmma(cp)
+    # M, N not multiples of the tile (the TMA fills the edges with zeros), K not a multiple
+    # of the 64-wide slice; M = 1 and M far below the tile height as well
+    for m in (1, int(RNG.integers(2, 128)), int(RNG.integers(129, 400))):
+        n, k = 8 * int(RNG.integers(1, 90)) + 4, 8 * int(RNG.integers(1, 200))
+        _gemm_case(cp, dt, m, n, k, bias=bool(m % 2), tile=tile, split=split)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_gemm_wgmma_short_k_and_empty_splits(cp, dt):
+    _needs_wgmma(cp)
+    # K = 8: one slice for the whole split; split 4 over 2 slices leaves CTAs with no K at all
+    _gemm_case(cp, dt, 100, 300, 8, bias=True, tile="w128x128s6", split=4)
+    _gemm_case(cp, dt, 77, 64, 72, bias=False, tile="w128x64s8", split=4)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("m, padded", [(3, 4), (20, 24), (40, 48), (65, 72), (100, 128), (130, 136), (250, 256)])
+def test_gemm_rows_do_not_change_when_the_batch_is_padded(cp, dt, m, padded):
+    # a graph replays the padded batch, eager runs the real one: rows must agree bit for bit
+    n, k = 1000, 1024
+    a_h = round_host(rand((padded, k)), dt)
+    w = dev(cp, round_host(rand((n, k), 1 / math.sqrt(k)), dt), dt)
+    full, part = empty(cp, (padded, n), dt), empty(cp, (m, n), dt)
+    a = dev(cp, a_h, dt)
+    K.gemm(a, w, out=full)
+    K.gemm(dev(cp, a_h[:m], dt), w, out=part)
+    assert np.array_equal(host(full.view(cp.uint16))[:m], host(part.view(cp.uint16))), f"M={m} vs {padded}"
+    assert not np.isnan(host(part)).any()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_gemm_wgmma_captured_in_a_graph_replays_with_new_inputs(cp, dt):
+    _needs_wgmma(cp)
+    m, n, k = 100, 520, 1000
+    a, out = empty(cp, (m, k), dt), empty(cp, (m, n), dt)
+    w = dev(cp, round_host(rand((n, k), 1 / math.sqrt(k)), dt), dt)
+    b = dev(cp, round_host(rand(n), dt), dt)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        K.gemm(a, w, out=out, bias=b)  # compile and load outside capture
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            K.gemm(a, w, out=out, bias=b)
+        finally:
+            graph = stream.end_capture()
+    for replay in range(3):
+        a_h = round_host(rand((m, k)), dt)
+        copy_into(a, dev(cp, a_h, dt))
+        poison(cp, out)
+        cp.cuda.Device().synchronize()
+        graph.launch(stream)
+        stream.synchronize()
+        assert_close(host(out), ref.gemm(a_h, host(w), host(b)), dt, f"replay {replay}")
 
 
 @pytest.mark.parametrize("dt", DTYPES)

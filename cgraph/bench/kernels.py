@@ -244,7 +244,13 @@ GEMM_MS = (1, 8, 32, 128, 512, 2048)
 
 
 def _alternatives(m: int, plan: Any) -> list[dict]:
-    """Other plans timed beside the default one (the planner's tuning data): other K splits."""
+    """Other plans timed beside the default one (the planner's tuning data): other K splits
+    of the tiled kernels; every wgmma tile and split."""
+    from cgraph.kernels.gemm_plan import WGMMA_SPLITS, WGMMA_TILES
+
+    if plan.kind == "wgmma":
+        return [dict(tile=t, split=s) for t in WGMMA_TILES for s in WGMMA_SPLITS
+                if f"{t}_s{s}" != plan.kernel]
     if plan.kind != "tile" or m > 128:
         return []
     tile, split = plan.kernel.split("_s")

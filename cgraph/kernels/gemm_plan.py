@@ -1,6 +1,7 @@
 """GEMM launch planning: which kernel, grid and split for out[M, N] = a[M, K] @ w[N, K]^T.
 
-Pure (no CuPy): the tile table mirrors the instantiations in kernels/gemm.cu.
+Pure (no CuPy): the tile tables mirror the instantiations in kernels/gemm.cu (mma.sync)
+and kernels/gemm_sm90.cu (wgmma with TMA, sm_90a).
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ TILES: dict[str, tuple[int, int, int, int, int]] = {
 #: shared memory per multiprocessor usable by blocks on sm_80/sm_90 (bytes).
 SMEM_PER_SM = 227 * 1024
 SPLITS = (1, 2, 4, 8)
+#: wgmma tile name -> (BM, BN, stages); must match GEMM_TMA_CFGS in kernels/gemm_sm90.cu.
+WGMMA_TILES: dict[str, tuple[int, int, int]] = {
+    "w128x64s8": (128, 64, 8),
+    "w128x128s6": (128, 128, 6),
+    "w128x256s4": (128, 256, 4),
+}
+WGMMA_SPLITS = (1, 2, 4)
+#: rows above which the wgmma kernels take over from mma.sync (a 64-row boundary: batch
+#: sizes padded to capture sizes never cross it, so a row's plan never changes with padding).
+WGMMA_MIN_M = 64
 #: row counts of the CUDA-core GEMV kernels (gemv_<dt>_m1/m2/m4).
 GEMV_ROWS = (1, 2, 4)
 #: largest M served by the CUDA-core GEMV kernel by default (weights streamed once per launch).
@@ -98,11 +109,29 @@ def _split_capacity(tile: str, m: int, sm_count: int) -> int:
     return sm_count
 
 
+def wgmma_smem_bytes(tile: str) -> int:
+    """Dynamic shared memory of a wgmma kernel: pipeline or epilogue tile, plus 1 KB of alignment."""
+    bm, bn, stages = WGMMA_TILES[tile]
+    return max(stages * (bm + bn) * 128, bm * (bn + 4) * 4) + 1024
+
+
+def default_wgmma_tile(m: int, n: int, sm_count: int) -> str:
+    """wgmma tile (tuning runs on an H100 and an H200, cgraph.bench.kernels): 64 columns while
+    128x128 tiles would fill under half the GPU (skinny, memory-bound outputs), 256 columns
+    beyond three waves of 128x128 tiles, else 128."""
+    tiles = math.ceil(m / 128) * math.ceil(n / 128)
+    if 2 * tiles < sm_count:
+        return "w128x64s8"
+    if tiles > 3 * sm_count:
+        return "w128x256s4"
+    return "w128x128s6"
+
+
 @attrs.frozen
 class GemmPlan:
     """One launch: kernel name suffix (without dtype), grid, block, shared memory, K split."""
 
-    kind: str  # "tile", "gemv", "stream" or "fallback"
+    kind: str  # "wgmma", "tile", "gemv", "stream" or "fallback"
     kernel: str  # e.g. "t64_s4", "m2", "m8" (the streaming kernel), "fallback"
     grid: tuple[int, int, int]
     block: int
@@ -110,18 +139,46 @@ class GemmPlan:
     ktiles_per_split: int = 0
 
 
+def _plan_wgmma(m: int, n: int, k: int, sm_count: int, tile: str | None, split: int | None) -> GemmPlan:
+    if tile is None:
+        tile = default_wgmma_tile(m, n, sm_count)
+    bm, bn, _ = WGMMA_TILES[tile]
+    tiles = math.ceil(m / bm) * math.ceil(n / bn)
+    ktiles = math.ceil(k / 64)
+    if split is None:
+        # One CTA per multiprocessor fits (the pipelines are deep): split K while the grid
+        # stays within one wave and each CTA keeps at least 4 slices to stream.
+        split = 1
+        for s in WGMMA_SPLITS[1:]:
+            if tiles * s <= sm_count and math.ceil(ktiles / s) >= 4:
+                split = s
+    if split not in WGMMA_SPLITS:
+        raise ValueError(f"wgmma GEMM split must be one of {WGMMA_SPLITS}, got {split}")
+    return GemmPlan("wgmma", f"{tile}_s{split}", (math.ceil(n / bn), math.ceil(m / bm), split),
+                    256, wgmma_smem_bytes(tile), math.ceil(ktiles / split))
+
+
 def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: bool,
               tile: str | None = None, split: int | None = None, gemv_max_m: int = GEMV_MAX_M,
-              streaming: bool | None = None, warps: int | None = None) -> GemmPlan:
+              streaming: bool | None = None, warps: int | None = None,
+              wgmma: bool = False) -> GemmPlan:
     """Choose the kernel for an (m, n, k) GEMM; depends only on its arguments (deterministic).
 
     aligned: K % 8 == 0 and a, w 16-byte aligned (needed by the tensor-core and GEMV paths).
     cluster: the device supports thread-block clusters (sm_90+), needed for a K split.
-    tile/split force a tiled configuration, streaming=True/warps the streaming kernel
-    (benchmarks and tests); split > 1 needs cluster.
+    wgmma: the device runs the sm_90a kernels (compute capability 9.0); then M > WGMMA_MIN_M
+    uses them.
+    tile/split force a configuration (a WGMMA_TILES name needs wgmma), streaming=True/warps
+    the streaming kernel (benchmarks and tests); split > 1 needs cluster.
     """
     if not aligned:
         return GemmPlan("fallback", "fallback", (math.ceil(n / 16), math.ceil(m / 16), 1), 256)
+    if tile in WGMMA_TILES or (wgmma and tile is None and not streaming and m > WGMMA_MIN_M):
+        if not wgmma:
+            raise ValueError(f"GEMM tile {tile!r} uses wgmma, which needs a compute capability 9.0 "
+                             "device (H100/H200); use one of the mma.sync tiles "
+                             f"{sorted(TILES)} elsewhere")
+        return _plan_wgmma(m, n, k, sm_count, tile, split)
     if tile is None and not streaming and m <= min(gemv_max_m, GEMV_ROWS[-1]):
         rows = next(r for r in GEMV_ROWS if r >= m)
         return GemmPlan("gemv", f"m{rows}", (math.ceil(n / 8), 1, 1), 256)
@@ -138,7 +195,8 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
     if tile is None:
         tile = default_tile(m, n, sm_count)
     if tile not in TILES:
-        raise ValueError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)}")
+        raise ValueError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)} "
+                         f"or, on compute capability 9.0, {sorted(WGMMA_TILES)}")
     bm, bn, bk, warps_, _ = TILES[tile]
     tiles = math.ceil(m / bm) * math.ceil(n / bn)
     ktiles = math.ceil(k / bk)

@@ -11,11 +11,19 @@ Two ways to compile:
   needs no GPU (CI, ``python -m cgraph.kernels check``).
 - :func:`get_kernel` builds a ``cupy.RawModule`` for the current device (CuPy picks the
   architecture), cached per (device, compute capability, options, family).
+
+Architecture-specific families (:data:`ARCH_SPECIFIC`, e.g. the wgmma GEMM built for
+sm_90a) are compiled by :func:`compile_cubin` for their one target, cached on disk under
+:func:`cache_dir` by a hash of source, options, target and NVRTC version, and loaded from
+the cubin; they run only on devices of exactly that compute capability.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,11 @@ def _gemm() -> tuple[str, ...]:
     return tuple(names)
 
 
+def _gemm_sm90() -> tuple[str, ...]:
+    return tuple(f"gemm_{dt}_{tile}_s{s}" for dt in ("f16", "bf16") for s in (1, 2, 4)
+                 for tile in ("w128x64s8", "w128x128s6", "w128x256s4"))
+
+
 #: family (file stem in kernels/) -> kernel names it must define.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "embedding": _elementwise("embedding"),
@@ -59,7 +72,25 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "sampling": _elementwise("argmax"),
     "attention": _attention(),
     "gemm": _gemm(),
+    "gemm_sm90": _gemm_sm90(),
 }
+#: families whose instructions exist on one target only: family -> (compute capability, -arch).
+ARCH_SPECIFIC: dict[str, tuple[int, str]] = {"gemm_sm90": (90, "sm_90a")}
+
+
+def families_for(arch: int) -> list[str]:
+    """Families that are built for sm_<arch>: every portable one, plus those specific to it."""
+    return sorted(f for f in FAMILIES if f not in ARCH_SPECIFIC or ARCH_SPECIFIC[f][0] == int(arch))
+
+
+def _target(family: str, arch: int) -> str:
+    if family in ARCH_SPECIFIC:
+        cc, target = ARCH_SPECIFIC[family]
+        if int(arch) != cc:
+            raise ValueError(f"kernel family {family!r} is built for {target} only, not sm_{arch}; "
+                             f"use families_for({arch}) to list the families of an architecture")
+        return target
+    return f"sm_{int(arch)}"
 
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.MULTILINE)
 
@@ -89,36 +120,65 @@ def family_source(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; expected one of {sorted(FAMILIES)}")
     root = source_dir()
+    pasted: set[str] = set()  # each header once per family, like #pragma once
 
-    def expand(text: str, seen: frozenset[str]) -> str:
+    def expand(text: str) -> str:
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name in seen:
+            if name in pasted:
                 return ""
-            return expand((root / name).read_text(), seen | {name})
+            pasted.add(name)
+            return expand((root / name).read_text())
         return _INCLUDE.sub(repl, text)
 
-    return expand((root / f"{family}.cu").read_text(), frozenset())
+    return expand((root / f"{family}.cu").read_text())
 
 
 def compile_cubin(family: str, arch: int, options: tuple[str, ...] = OPTIONS) -> bytes:
     """Compile one family to a cubin for sm_<arch> with NVRTC; needs no GPU.
 
-    Raises KernelCompileError with the NVRTC log on failure.
+    An architecture-specific family is compiled for its own target (sm_90a for arch 90) and
+    raises ValueError for any other arch. Raises KernelCompileError with the NVRTC log on failure.
     """
     from cupy.cuda import nvrtc  # noqa: PLC0415 - low-level wrapper works without a device
 
+    target = _target(family, arch)
     src = family_source(family)
     prog = nvrtc.createProgram(src, f"{family}.cu", (), ())
     try:
         try:
-            nvrtc.compileProgram(prog, (*options, f"-arch=sm_{int(arch)}"))
+            nvrtc.compileProgram(prog, (*options, f"-arch={target}"))
         except nvrtc.NVRTCError as exc:
             log = nvrtc.getProgramLog(prog)
-            raise KernelCompileError(f"{family}.cu failed for sm_{arch}: {exc}\n{log}") from exc
+            raise KernelCompileError(f"{family}.cu failed for {target}: {exc}\n{log}") from exc
         return nvrtc.getCUBIN(prog)
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def cache_dir() -> Path:
+    """Where compiled architecture-specific cubins are kept: $CGRAPH_CACHE_DIR, else ~/.cache/cgraph."""
+    env = os.environ.get("CGRAPH_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "cgraph"
+
+
+def cached_cubin_path(family: str, arch: int) -> Path:
+    """Path of the family's cubin for sm_<arch>, compiling it on a cache miss (no GPU needed)."""
+    from cupy.cuda import nvrtc  # noqa: PLC0415
+
+    target = _target(family, arch)
+    key = hashlib.sha256("\0".join((family_source(family), *OPTIONS, target,
+                                     repr(nvrtc.getVersion()))).encode()).hexdigest()[:24]
+    path = cache_dir() / f"{family}-{target}-{key}.cubin"
+    if not path.is_file():
+        cubin = compile_cubin(family, arch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write then rename: concurrent processes (pytest-xdist, sanitizers) never see half a file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(cubin)
+        os.replace(tmp, path)
+    return path
 
 
 def cubin_defines(cubin: bytes, name: str) -> bool:
@@ -127,7 +187,8 @@ def cubin_defines(cubin: bytes, name: str) -> bool:
 
 
 def check_family(family: str, arch: int) -> list[str]:
-    """Compile a family for sm_<arch>; return its kernel names, or raise if any is missing."""
+    """Compile a family for sm_<arch> (its own target if architecture-specific); return its
+    kernel names, or raise if any is missing."""
     cubin = compile_cubin(family, arch)
     missing = [n for n in FAMILIES[family] if not cubin_defines(cubin, n)]
     if missing:
@@ -162,7 +223,14 @@ def get_kernel(family: str, name: str, *, dynamic_smem: int = 0) -> Any:
         mkey = key[:4]
         mod = _modules.get(mkey)
         if mod is None:
-            mod = cp.RawModule(code=family_source(family), options=OPTIONS, backend="nvrtc")
+            if family in ARCH_SPECIFIC:
+                cc, target = ARCH_SPECIFIC[family]
+                if int(key[1]) != cc:
+                    raise RuntimeError(f"kernel family {family!r} runs on compute capability "
+                                       f"{cc / 10:.1f} devices only ({target}); this device is {key[1]}")
+                mod = cp.RawModule(path=str(cached_cubin_path(family, cc)))
+            else:
+                mod = cp.RawModule(code=family_source(family), options=OPTIONS, backend="nvrtc")
             _modules[mkey] = mod
         if name not in FAMILIES[family]:
             raise ValueError(f"kernel {name!r} is not part of family {family!r}")

@@ -17,8 +17,9 @@ import numpy as np
 
 from cgraph._gpu import cupy
 from cgraph.kernels import reference
-from cgraph.kernels.gemm_plan import GemmPlan, plan_gemm
+from cgraph.kernels.gemm_plan import WGMMA_TILES, GemmPlan, plan_gemm
 from cgraph.kernels.loader import get_kernel
+from cgraph.kernels.tensor_map import encode_2d
 
 _TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
 FLOATS = ("float16", "bfloat16", "float32")
@@ -265,19 +266,35 @@ def silu_and_mul(x: Any, *, out: Any, stream: Any = None) -> Any:
     return out
 
 
-_DEVICE_FACTS: dict[int, tuple[int, bool]] = {}
+_DEVICE_FACTS: dict[int, tuple[int, bool, bool]] = {}
 
 
-def _device_facts() -> tuple[int, bool]:
-    """(multiprocessor count, supports clusters) of the current device."""
+def _device_facts() -> tuple[int, bool, bool]:
+    """(multiprocessor count, supports clusters, runs the sm_90a wgmma kernels) of the current device."""
     cp = cupy()
     dev = cp.cuda.Device()
     facts = _DEVICE_FACTS.get(dev.id)
     if facts is None:
         sms = int(dev.attributes["MultiProcessorCount"])
-        facts = (sms, int(dev.compute_capability) >= 90)
+        cc = int(dev.compute_capability)
+        facts = (sms, cc >= 90, cc == 90)
         _DEVICE_FACTS[dev.id] = facts
     return facts
+
+
+_TENSOR_MAPS: dict[tuple[int, int, int, int], Any] = {}
+
+
+def _tensor_map(ptr: int, rows: int, cols: int, box_rows: int) -> Any:
+    """Tensor map of a [rows, cols] matrix at ptr; a pure function of its key, so cached
+    (bounded: cleared when it grows past 4096 entries)."""
+    key = (ptr, rows, cols, box_rows)
+    tmap = _TENSOR_MAPS.get(key)
+    if tmap is None:
+        if len(_TENSOR_MAPS) >= 4096:
+            _TENSOR_MAPS.clear()
+        tmap = _TENSOR_MAPS[key] = encode_2d(ptr, rows, cols, box_rows)
+    return tmap
 
 
 def _check_gemm(a: Any, w: Any, out: Any, bias: Any) -> tuple[str, int, int, int]:
@@ -317,12 +334,18 @@ def _gemm_launch(a: Any, w: Any, out: Any, bias: Any, stream: Any, plan: GemmPla
     if m == 0:
         return None
     if plan is None:
-        sms, cluster = _device_facts()
+        sms, cluster, wgmma = _device_facts()
         plan = plan_gemm(m, n, k, aligned=(k % 8 == 0 and _aligned(pa, pw)), sm_count=sms,
-                         cluster=cluster, **force)
+                         cluster=cluster, wgmma=wgmma, **force)
     tag = _TAGS[dt]
     has_bias = _i32(bias is not None)
     b = bias if bias is not None else out
+    if plan.kind == "wgmma":
+        bn = WGMMA_TILES[plan.kernel.split("_s")[0]][1]
+        args = (out, _tensor_map(pa, m, k, 128), _tensor_map(pw, n, k, bn), b, has_bias,
+                _i32(m), _i32(n), _i32(k), _i32(plan.ktiles_per_split))
+        _launch("gemm_sm90", f"gemm_{tag}_{plan.kernel}", plan.grid, plan.block, args, stream, smem=plan.smem)
+        return plan
     if plan.kind == "tile":
         name = f"gemm_{tag}_{plan.kernel}"
         args = (out, a, w, b, has_bias, _i32(m), _i32(n), _i32(k), _i32(plan.ktiles_per_split))
@@ -342,9 +365,11 @@ def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> A
     float16 or bfloat16, all C-contiguous. Any M >= 1 (M = 0 launches nothing). Fast paths
     need K % 8 == 0 and 16-byte aligned a and w; otherwise a slower fallback kernel runs.
     M <= 4 uses a GEMV kernel; M <= 32 a kernel that streams the weights straight into
-    mma.sync fragments; larger M a tiled mma.sync kernel that, on sm_90, splits K over a
+    mma.sync fragments; larger M a tiled mma.sync kernel, and on compute capability 9.0
+    (H100/H200) M > 64 the wgmma kernel fed by TMA. Tiled kernels on sm_90 split K over a
     thread-block cluster when the output has too few tiles to fill the GPU. The plan depends
-    only on (M, N, K, dtype, device), so equal inputs give bit-identical outputs.
+    only on (M rounded up to its tile, N, K, dtype, device), so equal inputs give
+    bit-identical outputs and a row's result does not change when the batch is padded.
     """
     _gemm_launch(a, w, out, bias, stream)
     return out
