@@ -3,11 +3,11 @@
 // target, so for any other -arch the kernels compile empty (the loader never runs them).
 //
 // gemm_<dt>_w<BM>x<BN>s<STAGES>_s<S>: CTA tile BM x BN with BM / 64 warpgroups of 64 rows.
-//   Thread 0 stages 64-wide K slices of a and w into shared memory with TMA bulk tensor
-//   copies (128-byte swizzle, rows or columns past the tensor's end filled with zeros),
-//   STAGES deep; per stage a "full" mbarrier counts the bytes in and an "empty" mbarrier the
-//   warps done with it. Each warpgroup runs m64nBNk16 wgmma straight from shared memory,
-//   one group kept in flight. S > 1 splits K over a cluster of S CTAs summed through
+//   A producer warp (one more after the warpgroups) stages 64-wide K slices of a and w into
+//   shared memory with TMA bulk tensor copies (128-byte swizzle, rows or columns past the
+//   tensor's end filled with zeros), STAGES deep; per stage a "full" mbarrier counts the
+//   bytes in and an "empty" mbarrier the consumer warps done with it. Each warpgroup runs
+//   m64nBNk16 wgmma straight from shared memory, one group kept in flight. S > 1 splits K over a cluster of S CTAs summed through
 //   distributed shared memory (gemm_common.cuh), as in the mma.sync kernels: one launch, no
 //   workspace, no atomics, a fixed summation order. Tensor maps are encoded on the host
 //   (cgraph/kernels/tensor_map.py) and passed by value. Needs K % 8 == 0 and 16-byte
@@ -123,7 +123,7 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
                                               const u16* __restrict__ bias, int has_bias, int M, int N, int K,
                                               int ktiles_per_split) {
 #if CG_WGMMA
-  constexpr int BM = 64 * WGS, BK = 64, NT = 128 * WGS;
+  constexpr int BM = 64 * WGS, BK = 64, CONSUMERS = 128 * WGS, NT = CONSUMERS + 32;
   constexpr int A_BYTES = BM * 128, STAGE_BYTES = (BM + BN) * 128;
   constexpr int NI = BN > 128 ? BN / 128 : 1;
   constexpr int IN = BN / NI;
@@ -146,7 +146,7 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, NT / 32);  // one arrival per warp
+      mbar_init(empty0 + 8 * s, CONSUMERS / 32);  // one arrival per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -161,36 +161,38 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
   float acc[BN / 2];
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-  if (tid == 0) {
-    for (int s = 0; s < STAGES - 1 && s < nkt; ++s) load_stage(s, kt0 + s);
-  }
-  for (int i = 0; i < nkt; ++i) {
-    const int stage = i % STAGES;
-    mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
-    const u32 as = base + stage * STAGE_BYTES + wg * 64 * 128, bs = base + stage * STAGE_BYTES + A_BYTES;
-    const u64 da = wg_desc(as), db = wg_desc(bs);
-#pragma unroll
-    for (int r = 0; r < BN / 2; ++r) fence_acc(acc[r]);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < NI; ++j)  // +32 bytes per k16 step; +IN rows (IN * 128 bytes) per instruction
-        Wgmma<D, IN>::run(acc + j * (IN / 2), da + 2 * kk, db + 2 * kk + j * IN * 8);
-    wg_commit();
-    wg_wait<1>();  // slice i - 1 is consumed; slice i may still run
-#pragma unroll
-    for (int r = 0; r < BN / 2; ++r) fence_acc(acc[r]);
-    if (i > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
-    const int nxt = i + STAGES - 1;  // refills the stage slice i - 1 used
-    if (tid == 0 && nxt < nkt) {
-      if (i > 0) mbar_wait(empty0 + 8 * (nxt % STAGES), ((i - 1) / STAGES) & 1);
-      load_stage(nxt % STAGES, kt0 + nxt);
+  if (tid >= CONSUMERS) {
+    // Producer warp: refill each stage as soon as every consumer warp is done with it.
+    if (tid == CONSUMERS) {
+      for (int i = 0; i < nkt; ++i) {
+        if (i >= STAGES) mbar_wait(empty0 + 8 * (i % STAGES), (i / STAGES - 1) & 1);
+        load_stage(i % STAGES, kt0 + i);
+      }
     }
-  }
-  wg_wait<0>();
+  } else {
+    for (int i = 0; i < nkt; ++i) {
+      const int stage = i % STAGES;
+      mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
+      const u32 as = base + stage * STAGE_BYTES + wg * 64 * 128, bs = base + stage * STAGE_BYTES + A_BYTES;
+      const u64 da = wg_desc(as), db = wg_desc(bs);
 #pragma unroll
-  for (int r = 0; r < BN / 2; ++r) fence_acc(acc[r]);
+      for (int r = 0; r < BN / 2; ++r) fence_acc(acc[r]);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)  // +32 bytes per k16 step; +IN rows (IN * 128 bytes) per instruction
+          Wgmma<D, IN>::run(acc + j * (IN / 2), da + 2 * kk, db + 2 * kk + j * IN * 8);
+      wg_commit();
+      wg_wait<1>();  // slice i - 1 is consumed; slice i may still run
+#pragma unroll
+      for (int r = 0; r < BN / 2; ++r) fence_acc(acc[r]);
+      if (i > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+    }
+    wg_wait<0>();
+#pragma unroll
+    for (int r = 0; r < BN / 2; ++r) fence_acc(acc[r]);
+  }
   __syncthreads();  // every slice consumed: the stages become the epilogue tile
 
   constexpr int LDC = BN + 4;
@@ -198,6 +200,7 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
   const int row0 = wg * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
 #pragma unroll
   for (int j = 0; j < BN / 8; ++j) {
+    if (tid >= CONSUMERS) break;  // the producer warp holds no accumulators
     const int c = j * 8 + (lane & 3) * 2;
     Cs[row0 * LDC + c] = acc[4 * j];
     Cs[row0 * LDC + c + 1] = acc[4 * j + 1];
@@ -209,7 +212,7 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
 }
 
 #define GEMM_TMA(NAME, TAG, WGS, BN, ST, S)                                                          \
-  extern "C" __global__ void __launch_bounds__(128 * WGS) CG_CLUSTER_Z(S)                            \
+  extern "C" __global__ void __launch_bounds__(128 * WGS + 32) CG_CLUSTER_Z(S)                            \
   NAME(u16* out, const __grid_constant__ TensorMap tma_a, const __grid_constant__ TensorMap tma_w,   \
        const u16* bias, int has_bias, int M, int N, int K, int ktiles_per_split) {                   \
     gemm_tma_body<TAG, WGS, BN, ST, S>(out, &tma_a, &tma_w, bias, has_bias, M, N, K, ktiles_per_split); \

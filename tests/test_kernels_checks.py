@@ -14,8 +14,8 @@ import pytest
 
 import cgraph.kernels as K
 from cgraph.kernels import reference as ref
-from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_MIN_M,
-                                      WGMMA_SPLITS, WGMMA_TILES, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
+from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_SPLITS,
+                                      WGMMA_TILES, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
 from cgraph.kernels.tensor_map import encode_2d
 
 RNG = np.random.default_rng()
@@ -164,7 +164,7 @@ def test_gemm_plan_split_only_with_clusters_and_fallback_when_unaligned():
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=True, tile="t48")
 
 
-@pytest.mark.parametrize("m", [65, 100, 128, 129, 512, 2048, 4096])
+@pytest.mark.parametrize("m", [33, 65, 100, 128, 129, 512, 2048, 4096])
 @pytest.mark.parametrize("n, k", [(1024, 1024), (4096, 1024), (1024, 4096), (11008, 4096), (7, 40)])
 @pytest.mark.parametrize("sms", [114, 132])
 def test_wgmma_plan_covers_the_output_and_all_of_k(m, n, k, sms):
@@ -176,26 +176,38 @@ def test_wgmma_plan_covers_the_output_and_all_of_k(m, n, k, sms):
     assert split in WGMMA_SPLITS and bm % split == 0, "each CTA of a cluster must own whole rows"
     assert plan.grid == (math.ceil(n / bn), math.ceil(m / bm), split)
     assert plan.ktiles_per_split * split >= math.ceil(k / 64)
-    assert plan.block == 256 and plan.smem == wgmma_smem_bytes(tile) <= 227 * 1024
+    assert plan.block == 2 * bm + 32, "a warpgroup per 64 rows and the producer warp"
+    assert plan.smem == wgmma_smem_bytes(tile) <= 227 * 1024
     # a split never pushes the grid past one CTA per multiprocessor
     assert split == 1 or plan.grid[0] * plan.grid[1] * split <= sms
 
 
 @pytest.mark.parametrize("n, k", [(1024, 1024), (4096, 1024), (11008, 4096), (520, 768)])
-def test_wgmma_plan_depends_on_m_only_through_its_row_tiles(n, k):
-    # padding a batch up to a capture size must not change any row's kernel or K split
-    for lo, hi in ((WGMMA_MIN_M + 1, 128), (129, 256), (257, 384)):
-        plans = {plan_gemm(m, n, k, aligned=True, sm_count=132, cluster=True, wgmma=True).kernel
-                 for m in range(lo, hi + 1)}
-        assert len(plans) == 1, (lo, hi, plans)
+def test_gemm_plan_depends_on_m_only_through_its_row_tiles(n, k):
+    # padding a batch up to a capture size must not change any row's kernel or K split: the
+    # plan may change only at M = 4, 16, 32, 64 and multiples of 128 (all capture sizes)
+    ranges = {False: ((5, 16), (17, 32), (33, 64), (65, 128), (129, 256), (257, 384)),
+              True: ((5, 32), (33, 128), (129, 256), (257, 384))}
+    for wgmma, spans in ranges.items():
+        for lo, hi in spans:
+            plans = {plan_gemm(m, n, k, aligned=True, sm_count=132, cluster=True, wgmma=wgmma).kernel
+                     for m in range(lo, hi + 1)}
+            assert len(plans) == 1, (wgmma, lo, hi, plans)
+            if wgmma and lo == 5:
+                streamed = plans == {"m8"}
+                # wgmma from M = 5 when the streaming kernel does not serve (N, K)
+                assert streamed or plans == {plan_gemm(100, n, k, aligned=True, sm_count=132,
+                                                       cluster=True, wgmma=True).kernel}
 
 
 def test_wgmma_plan_only_where_the_device_runs_it():
     kw = dict(aligned=True, sm_count=132, cluster=True)
-    assert plan_gemm(WGMMA_MIN_M, 4096, 1024, wgmma=True, **kw).kind == "tile"
-    assert plan_gemm(WGMMA_MIN_M + 1, 4096, 1024, wgmma=True, **kw).kind == "wgmma"
+    assert plan_gemm(4, 11008, 4096, wgmma=True, **kw).kind == "gemv"
+    assert plan_gemm(5, 11008, 4096, wgmma=True, **kw).kind == "wgmma"
+    assert plan_gemm(8, 4096, 1024, wgmma=True, **kw).kind == "stream"
+    assert plan_gemm(33, 4096, 1024, wgmma=True, **kw).kind == "wgmma"
     assert plan_gemm(100, 4096, 1024, wgmma=False, **kw).kind == "tile"
-    assert plan_gemm(16, 4096, 1024, wgmma=True, streaming=True, **kw).kind == "stream"
+    assert plan_gemm(16, 4096, 1024, wgmma=True, tile="t16", **kw).kind == "tile"
     assert plan_gemm(100, 4096, 1026, wgmma=True, aligned=False, sm_count=132, cluster=True).kind == "fallback"
     assert plan_gemm(8, 512, 64, wgmma=True, tile="w128x64s8", **kw).kind == "wgmma"
     with pytest.raises(ValueError, match="compute capability 9.0"):

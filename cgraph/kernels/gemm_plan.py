@@ -28,9 +28,6 @@ WGMMA_TILES: dict[str, tuple[int, int, int]] = {
     "w128x256s4": (128, 256, 4),
 }
 WGMMA_SPLITS = (1, 2, 4)
-#: rows above which the wgmma kernels take over from mma.sync (a 64-row boundary: batch
-#: sizes padded to capture sizes never cross it, so a row's plan never changes with padding).
-WGMMA_MIN_M = 64
 #: row counts of the CUDA-core GEMV kernels (gemv_<dt>_m1/m2/m4).
 GEMV_ROWS = (1, 2, 4)
 #: largest M served by the CUDA-core GEMV kernel by default (weights streamed once per launch).
@@ -155,7 +152,7 @@ def _plan_wgmma(m: int, n: int, k: int, sm_count: int, tile: str | None, split: 
     if split not in WGMMA_SPLITS:
         raise ValueError(f"wgmma GEMM split must be one of {WGMMA_SPLITS}, got {split}")
     return GemmPlan("wgmma", f"{tile}_s{split}", (math.ceil(n / bn), math.ceil(m / bm), split),
-                    256, wgmma_smem_bytes(tile), math.ceil(ktiles / split))
+                    2 * bm + 32, wgmma_smem_bytes(tile), math.ceil(ktiles / split))
 
 
 def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: bool,
@@ -166,14 +163,15 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
 
     aligned: K % 8 == 0 and a, w 16-byte aligned (needed by the tensor-core and GEMV paths).
     cluster: the device supports thread-block clusters (sm_90+), needed for a K split.
-    wgmma: the device runs the sm_90a kernels (compute capability 9.0); then M > WGMMA_MIN_M
-    uses them.
+    wgmma: the device runs the sm_90a kernels (compute capability 9.0); then every M that
+    neither the GEMV nor the streaming kernel serves uses them (those two decide by M <= 4
+    and by (N, K) alone, so padding a batch to a capture size never changes a row's kernel).
     tile/split force a configuration (a WGMMA_TILES name needs wgmma), streaming=True/warps
     the streaming kernel (benchmarks and tests); split > 1 needs cluster.
     """
     if not aligned:
         return GemmPlan("fallback", "fallback", (math.ceil(n / 16), math.ceil(m / 16), 1), 256)
-    if tile in WGMMA_TILES or (wgmma and tile is None and not streaming and m > WGMMA_MIN_M):
+    if tile in WGMMA_TILES:
         if not wgmma:
             raise ValueError(f"GEMM tile {tile!r} uses wgmma, which needs a compute capability 9.0 "
                              "device (H100/H200); use one of the mma.sync tiles "
@@ -192,6 +190,8 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
             raise ValueError(f"streaming GEMM warps must be one of {STREAM_WARPS}, got {w}")
         return GemmPlan("stream", "m8", (math.ceil(n / STREAM_BN), 1, 1), 32 * w,
                         w * STREAM_BM * STREAM_BN * 4)
+    if tile is None and wgmma:
+        return _plan_wgmma(m, n, k, sm_count, None, split)
     if tile is None:
         tile = default_tile(m, n, sm_count)
     if tile not in TILES:

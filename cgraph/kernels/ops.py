@@ -364,12 +364,13 @@ def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> A
 
     float16 or bfloat16, all C-contiguous. Any M >= 1 (M = 0 launches nothing). Fast paths
     need K % 8 == 0 and 16-byte aligned a and w; otherwise a slower fallback kernel runs.
-    M <= 4 uses a GEMV kernel; M <= 32 a kernel that streams the weights straight into
-    mma.sync fragments; larger M a tiled mma.sync kernel, and on compute capability 9.0
-    (H100/H200) M > 64 the wgmma kernel fed by TMA. Tiled kernels on sm_90 split K over a
-    thread-block cluster when the output has too few tiles to fill the GPU. The plan depends
-    only on (M rounded up to its tile, N, K, dtype, device), so equal inputs give
-    bit-identical outputs and a row's result does not change when the batch is padded.
+    M <= 4 uses a GEMV kernel; M <= 32 with small weights a kernel that streams them
+    straight into mma.sync fragments; everything else, on compute capability 9.0
+    (H100/H200), a wgmma kernel fed by TMA, elsewhere a tiled mma.sync kernel. Tiled kernels
+    on sm_90 split K over a thread-block cluster when the output has too few tiles to fill
+    the GPU. The plan depends only on (M rounded up to its tile, N, K, dtype, device), so
+    equal inputs give bit-identical outputs and a row's result does not change when the
+    batch is padded to a capture size.
     """
     _gemm_launch(a, w, out, bias, stream)
     return out
