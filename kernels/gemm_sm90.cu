@@ -151,9 +151,14 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
+  // a's box has min(BM, M rounded up to 8) rows (set by the host): for a skinny batch the
+  // TMA does not fill the rest with zeros; the rows left stale only feed output rows >= M,
+  // which are never stored (an output row depends on its own input row alone)
+  const int a_box = min(BM, (M + 7) & ~7);
+  const u32 stage_tx = (u32)(a_box + BN) * 128;
   auto load_stage = [&](int stage, int kt) {
     const u32 as = base + stage * STAGE_BYTES, bar = full0 + 8 * stage;
-    mbar_expect_tx(bar, STAGE_BYTES);
+    mbar_expect_tx(bar, stage_tx);
     tma_load_2d(as, tma_a, kt * BK, m0, bar);
     tma_load_2d(as + A_BYTES, tma_w, kt * BK, n0, bar);
   };

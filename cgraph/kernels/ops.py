@@ -341,8 +341,9 @@ def _gemm_launch(a: Any, w: Any, out: Any, bias: Any, stream: Any, plan: GemmPla
     has_bias = _i32(bias is not None)
     b = bias if bias is not None else out
     if plan.kind == "wgmma":
-        bn = WGMMA_TILES[plan.kernel.split("_s")[0]][1]
-        args = (out, _tensor_map(pa, m, k, 128), _tensor_map(pw, n, k, bn), b, has_bias,
+        bm, bn, _ = WGMMA_TILES[plan.kernel.split("_s")[0]]
+        a_box = min(bm, -(-m // 8) * 8)  # the kernel derives the same box from M
+        args = (out, _tensor_map(pa, m, k, a_box), _tensor_map(pw, n, k, bn), b, has_bias,
                 _i32(m), _i32(n), _i32(k), _i32(plan.ktiles_per_split))
         _launch("gemm_sm90", f"gemm_{tag}_{plan.kernel}", plan.grid, plan.block, args, stream, smem=plan.smem)
         return plan
