@@ -203,14 +203,15 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
   constexpr int LDC = BN + 4;
   float* Cs = reinterpret_cast<float*>(smem);
   const int row0 = wg * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
+  if (tid < CONSUMERS) {  // the producer warp holds no accumulators
 #pragma unroll
-  for (int j = 0; j < BN / 8; ++j) {
-    if (tid >= CONSUMERS) break;  // the producer warp holds no accumulators
-    const int c = j * 8 + (lane & 3) * 2;
-    Cs[row0 * LDC + c] = acc[4 * j];
-    Cs[row0 * LDC + c + 1] = acc[4 * j + 1];
-    Cs[(row0 + 8) * LDC + c] = acc[4 * j + 2];
-    Cs[(row0 + 8) * LDC + c + 1] = acc[4 * j + 3];
+    for (int j = 0; j < BN / 8; ++j) {
+      const int c = j * 8 + (lane & 3) * 2;
+      Cs[row0 * LDC + c] = acc[4 * j];
+      Cs[row0 * LDC + c + 1] = acc[4 * j + 1];
+      Cs[(row0 + 8) * LDC + c] = acc[4 * j + 2];
+      Cs[(row0 + 8) * LDC + c + 1] = acc[4 * j + 3];
+    }
   }
   tile_store_epilogue<D, BM, BN, SPLIT, NT>(Cs, split, out, bias, has_bias, M, N, m0, n0);
 #endif

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cgraph._gpu import cupy, require_device
+from cgraph.kernels.gemm_plan import WGMMA_SPLITS, WGMMA_TILES
 
 #: NVRTC options used everywhere (the check compiles with exactly these plus -arch).
 OPTIONS: tuple[str, ...] = ("-std=c++17",)
@@ -58,8 +59,9 @@ def _gemm() -> tuple[str, ...]:
 
 
 def _gemm_sm90() -> tuple[str, ...]:
-    return tuple(f"gemm_{dt}_{tile}_s{s}" for dt in ("f16", "bf16") for s in (1, 2, 4)
-                 for tile in ("w128x64s8", "w128x128s6", "w128x256s4"))
+    # the planner's table: the compile check then proves every wgmma plan has its kernel
+    return tuple(f"gemm_{dt}_{tile}_s{s}" for dt in ("f16", "bf16") for s in WGMMA_SPLITS
+                 for tile in WGMMA_TILES)
 
 
 #: family (file stem in kernels/) -> kernel names it must define.
