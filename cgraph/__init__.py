@@ -1,9 +1,17 @@
 """cgraph: capture, dispatch and replay CUDA graphs with CuPy.
 
-The pure core (modes, descriptors, config, dispatch, padding reports, size
-suggestions) is imported here eagerly and needs neither CuPy nor a GPU. The GPU names
-(GraphPool, capture, GraphRunner, kernels, ...) are imported on first access, so
-``import cgraph`` stays cheap and works on any machine.
+Layers, each importing only those below it:
+
+- ``cgraph.core``: the pure core (modes, descriptors, config, dispatch, bucketing of
+  capture sizes and encoder budgets, encoder planning, errors). Imported here eagerly;
+  needs neither CuPy nor a GPU.
+- ``cgraph.cuda``: pools, the capture session, captured graphs, buffers, callbacks,
+  runners, breakable captures. Its names are imported on first access, so
+  ``import cgraph`` stays cheap and works on any machine.
+- ``cgraph.kernels``: the raw CUDA kernels and their launchers.
+- ``cgraph.models``, ``cgraph.engine``, ``cgraph.encoder``: applications built on them.
+- ``cgraph.bench``, ``cgraph.demo``, ``cgraph.notebook``: tools; no library module
+  imports them.
 """
 
 from __future__ import annotations
@@ -11,35 +19,45 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cgraph.config import GraphConfig
-from cgraph.descriptors import BatchDescriptor
-from cgraph.dispatch import DispatchTable, build_dispatch_table, capture_descriptors, dispatch
-from cgraph.modes import GraphMode
-from cgraph.padding import padding_report
-from cgraph.sizes import suggest_capture_sizes
+from cgraph.core.buckets import suggest_capture_sizes
+from cgraph.core.config import GraphConfig
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.dispatch import DispatchTable, build_dispatch_table, capture_descriptors, dispatch
+from cgraph.core.errors import (ArgumentError, ArgumentTypeError, CapacityError, CaptureError,
+                                CaptureNotAllowedError, CgraphError, GPUUnavailableError,
+                                GraphClosedError, HostCallbackError, InputMismatchError,
+                                KernelCompileError, NestedCaptureError, NotFoundError, StateError)
+from cgraph.core.modes import GraphMode
+from cgraph.core.padding import padding_report
 
 __version__ = "0.1.0"
 
 # GPU name -> the module that defines it (imported lazily by __getattr__).
 _LAZY = {
-    "GraphPool": "cgraph.pool",
-    "capture": "cgraph.graph",
-    "CapturedGraph": "cgraph.graph",
-    "StaticBuffers": "cgraph.buffers",
-    "host_callback": "cgraph.callbacks",
-    "GraphRunner": "cgraph.runner",
-    "batch_context": "cgraph.runner",
-    "capture_phase": "cgraph.runner",
-    "capture_all": "cgraph.runner",
-    "BreakableCapture": "cgraph.breakable",
-    "BreakableRunner": "cgraph.breakable",
-    "eager_break": "cgraph.breakable",
+    "GraphPool": "cgraph.cuda.pool",
+    "capture": "cgraph.cuda.graph",
+    "CapturedGraph": "cgraph.cuda.graph",
+    "StaticBuffers": "cgraph.cuda.buffers",
+    "host_callback": "cgraph.cuda.callbacks",
+    "GraphRunner": "cgraph.cuda.runner",
+    "batch_context": "cgraph.cuda.runner",
+    "capture_phase": "cgraph.cuda.runner",
+    "capture_all": "cgraph.cuda.runner",
+    "BreakableCapture": "cgraph.cuda.breakable",
+    "BreakableRunner": "cgraph.cuda.breakable",
+    "eager_break": "cgraph.cuda.breakable",
 }
+_ERRORS = [
+    "CgraphError", "ArgumentError", "ArgumentTypeError", "NotFoundError", "StateError",
+    "GPUUnavailableError", "KernelCompileError", "CapacityError", "CaptureError",
+    "CaptureNotAllowedError", "NestedCaptureError", "GraphClosedError", "InputMismatchError",
+    "HostCallbackError",
+]
 
 __all__ = [
     "GraphMode", "BatchDescriptor", "GraphConfig", "DispatchTable", "build_dispatch_table",
     "dispatch", "capture_descriptors", "padding_report", "suggest_capture_sizes",
-    *_LAZY,
+    *_ERRORS, *_LAZY,
 ]
 
 
@@ -57,4 +75,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-

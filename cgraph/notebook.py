@@ -366,7 +366,7 @@ def run_notebook(
 def default_provenance() -> dict[str, str]:
     """Where and when a run happened: device name, UTC date, Python and CuPy versions, and the git
     commit when the tracked files are exactly that commit's."""
-    from cgraph.bench._report import device_name  # noqa: PLC0415 - imports CuPy lazily
+    from cgraph.bench.report import device_name  # noqa: PLC0415 - imports CuPy lazily
 
     info = {"device": device_name(),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cgraph._gpu import gpu_available
+from cgraph.cuda.device import gpu_available
 
 _GPU = gpu_available()
 
@@ -17,10 +17,7 @@ if _GPU and os.environ.get("CGRAPH_TEST_NO_POOL", "") not in ("", "0"):
 
     cupy.cuda.set_allocator(None)
     cupy.cuda.set_pinned_memory_allocator(None)
-_REASON = (
-    "no usable CUDA device (CuPy missing or no GPU): GPU tests run on the device "
-    "machine with `python -m pytest -m gpu`"
-)
+_REASON = "needs a CUDA GPU (and CuPy): none is usable here"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,16 +31,13 @@ def test_summarize_reads_pytest_and_tool_lines(tmp_path):
     assert (row["tests_passed"], row["tests_failed"], row["sanitizer_errors"]) == (63, 1, 1)
 
 
-def test_main_fails_on_errors_and_on_a_part_without_summaries(tmp_path, monkeypatch):
-    import cgraph.bench._report as report
-
+def test_main_fails_on_errors_and_on_a_part_without_summaries(tmp_path):
     out = tmp_path / "results"
-    monkeypatch.setattr(report, "RESULTS_DIR", out)
     _part(tmp_path, "memcheck-rest", MEMCHECK_OK)
-    assert sanitizer.main([str(tmp_path)]) == 0
+    assert sanitizer.main([str(tmp_path), "--out", str(out)]) == 0
     data = json.loads((out / "sanitizer.json").read_text())
     assert [r["sanitizer_errors"] for r in data["rows"]] == [0]
     _part(tmp_path, "racecheck-kernels-other", "killed by timeout\n")
-    assert sanitizer.main([str(tmp_path)]) == 1
-    assert sanitizer.main([str(tmp_path / "nothing-here")]) == 2
+    assert sanitizer.main([str(tmp_path), "--out", str(out)]) == 1
+    assert sanitizer.main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
 

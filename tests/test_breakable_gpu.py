@@ -13,12 +13,13 @@ pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy")
 
-from cgraph import BatchDescriptor, GraphMode, _state  # noqa: E402
-from cgraph.breakable import BreakableCapture, BreakableRunner, eager_break  # noqa: E402
-from cgraph.callbacks import host_callback  # noqa: E402
-from cgraph.graph import capture  # noqa: E402
-from cgraph.errors import NestedCaptureError  # noqa: E402
-from cgraph.runner import capture_phase  # noqa: E402
+from cgraph import BatchDescriptor, GraphMode  # noqa: E402
+from cgraph.cuda import state as _state  # noqa: E402
+from cgraph.cuda.breakable import BreakableCapture, BreakableRunner, eager_break  # noqa: E402
+from cgraph.cuda.callbacks import host_callback  # noqa: E402
+from cgraph.cuda.graph import capture  # noqa: E402
+from cgraph.core.errors import NestedCaptureError  # noqa: E402
+from cgraph.cuda.runner import capture_phase  # noqa: E402
 
 BREAK_CALLS = []
 

@@ -15,8 +15,8 @@ cp = pytest.importorskip("cupy")
 
 import cgraph  # noqa: E402
 from cgraph import GraphPool, StaticBuffers, capture, host_callback  # noqa: E402
-from cgraph.callbacks import check_callbacks  # noqa: E402
-from cgraph.errors import CaptureError, GraphClosedError, HostCallbackError  # noqa: E402
+from cgraph.cuda.callbacks import check_callbacks  # noqa: E402
+from cgraph.core.errors import CaptureError, GraphClosedError, HostCallbackError  # noqa: E402
 
 _axpb = None
 
@@ -268,7 +268,7 @@ def test_public_names_resolve_lazily():
 
 def test_rebind_points_the_graph_at_new_buffers():
     pytest.importorskip("cuda.bindings")
-    from cgraph.rebind import rebind
+    from cgraph.cuda.rebind import rebind
 
     n = 300
     x1, w1, o1 = rand(cp, n), rand(cp, n), cp.empty(n, cp.float32)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cgraph import GraphConfig, GraphMode
-from cgraph.config import default_capture_sizes
+from cgraph.core.config import default_capture_sizes
 
 
 def expected_defaults(top: int) -> list[int]:

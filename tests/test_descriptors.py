@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cgraph import BatchDescriptor
-from cgraph.descriptors import eager_descriptor
+from cgraph.core.descriptors import eager_descriptor
 
 descriptors = st.integers(1, 4096).flatmap(
     lambda n: st.builds(BatchDescriptor, st.just(n), st.none() | st.integers(1, n), st.booleans(),

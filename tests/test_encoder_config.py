@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cgraph.encoder.config import EncoderGraphConfig, resolve_encoder_config
+from cgraph.core.encoder_config import EncoderGraphConfig, resolve_encoder_config
 
 
 def test_user_budgets_are_sorted_and_deduplicated():

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cgraph.encoder.planning import (
+from cgraph.core.budgets import (
     EncoderBatch,
     expected_padding,
     generate_budgets,
@@ -303,7 +303,7 @@ def test_suggest_budgets_rejects_bad_input():
 
 def test_planning_imports_no_cupy():
     code = (
-        "import sys; import cgraph.encoder, cgraph.encoder.planning, cgraph.encoder.config, "
-        "cgraph.encoder.sharding; assert 'cupy' not in sys.modules, 'cupy imported'"
+        "import sys; import cgraph.encoder, cgraph.core.budgets, cgraph.core.encoder_config, "
+        "cgraph.core.sharding; assert 'cupy' not in sys.modules, 'cupy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

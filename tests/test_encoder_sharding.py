@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cgraph.encoder.sharding import pack_rank_outputs, shard_items, unpack_gathered
+from cgraph.core.sharding import pack_rank_outputs, shard_items, unpack_gathered
 
 
 def _simulate(tokens, num_ranks, hidden=3, seed=None):

@@ -30,8 +30,9 @@ BLOCKED = textwrap.dedent("""
     assert main(["--requests", "4", "--max-prompt", "30", "--new-tokens", "3"]) == 0
     import cgraph.bench.dispatch
     assert sys.modules["cupy"] is None
-    gpu = [m for m in sys.modules if m.split(".")[:2] in (["cgraph", "pool"], ["cgraph", "graph"],
-           ["cgraph", "runner"], ["cgraph", "kernels"], ["cgraph", "breakable"])]
+    # only the lazy gateway to CuPy (cgraph.cuda.device) may be loaded, nothing that uses it
+    gpu = [m for m in sys.modules if m.split(".")[:2] in (["cgraph", "cuda"], ["cgraph", "kernels"])
+           and m not in ("cgraph.cuda", "cgraph.cuda.device")]
     assert not gpu, gpu
     print("PURE-OK")
 """)
@@ -59,11 +60,11 @@ FAKES = {
     "graph.py": "def capture(fn, *a, **k):\n    return 'captured'\nclass CapturedGraph:\n    pass\n",
     "buffers.py": "class StaticBuffers:\n    pass\n",
     "callbacks.py": "def host_callback(fn):\n    return fn\n",
-    "runner.py": ("from cgraph.graph import capture\n"
+    "runner.py": ("from cgraph.cuda.graph import capture\n"
                   "class GraphRunner:\n    pass\n"
                   "def batch_context(*a):\n    pass\ndef capture_phase():\n    pass\n"
                   "def capture_all(*a):\n    pass\n"),
-    "breakable.py": ("class BreakableCapture:\n    pass\nclass BreakableRunner:\n    pass\n"
+    "cuda/breakable.py": ("class BreakableCapture:\n    pass\nclass BreakableRunner:\n    pass\n"
                      "def eager_break(fn):\n    return fn\n"),
     "kernels/__init__.py": "NAME = 'fake kernels'\n",
 }
@@ -73,15 +74,15 @@ LAZY = textwrap.dedent("""
     import sys
     import cgraph
     assert cgraph.__file__.startswith(os.environ["EXPECT_ROOT"]), cgraph.__file__
-    assert "cgraph.runner" not in sys.modules
-    runner = cgraph.GraphRunner          # imports cgraph.runner, which imports cgraph.graph
-    assert runner.__name__ == "GraphRunner" and "cgraph.graph" in sys.modules
+    assert "cgraph.cuda.runner" not in sys.modules
+    runner = cgraph.GraphRunner          # imports cgraph.cuda.runner, which imports cgraph.cuda.graph
+    assert runner.__name__ == "GraphRunner" and "cgraph.cuda.graph" in sys.modules
     assert callable(cgraph.capture) and cgraph.capture(None) == "captured"
     from cgraph import capture, CapturedGraph, GraphPool, StaticBuffers, host_callback
     from cgraph import batch_context, capture_phase, capture_all, BreakableCapture, BreakableRunner, eager_break
-    assert capture(None) == "captured" and GraphPool.__module__ == "cgraph.pool"
+    assert capture(None) == "captured" and GraphPool.__module__ == "cgraph.cuda.pool"
     assert cgraph.kernels.NAME == "fake kernels"
-    import cgraph.breakable
+    import cgraph.cuda.breakable
     assert cgraph.capture(None) == "captured"
     print("LAZY-OK")
 """)

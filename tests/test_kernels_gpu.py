@@ -30,7 +30,7 @@ ALL_DTYPES = ["float16", "bfloat16", "float32"]
 
 @pytest.fixture(scope="module")
 def cp():
-    from cgraph._gpu import require_device
+    from cgraph.cuda.device import require_device
 
     return require_device()
 

@@ -15,13 +15,14 @@ pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy")
 
-from cgraph import BatchDescriptor, GraphMode, _state  # noqa: E402
-from cgraph.breakable import BreakableRunner, eager_break  # noqa: E402
-from cgraph.buffers import StaticBuffers  # noqa: E402
-from cgraph.graph import capture  # noqa: E402
-from cgraph.errors import CaptureError, GraphClosedError  # noqa: E402
-from cgraph.pool import GraphPool  # noqa: E402
-from cgraph.runner import GraphRunner, capture_phase  # noqa: E402
+from cgraph import BatchDescriptor, GraphMode  # noqa: E402
+from cgraph.cuda import state as _state  # noqa: E402
+from cgraph.cuda.breakable import BreakableRunner, eager_break  # noqa: E402
+from cgraph.cuda.buffers import StaticBuffers  # noqa: E402
+from cgraph.cuda.graph import capture  # noqa: E402
+from cgraph.core.errors import CaptureError, GraphClosedError  # noqa: E402
+from cgraph.cuda.pool import GraphPool  # noqa: E402
+from cgraph.cuda.runner import GraphRunner, capture_phase  # noqa: E402
 
 
 def _fault(kind):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from cgraph import BatchDescriptor, GraphMode
-from cgraph import _state
-from cgraph.breakable import BreakableRunner, eager_break
-from cgraph.errors import CaptureNotAllowedError, NestedCaptureError
-from cgraph.runner import GraphRunner, batch_context, capture_allowed, capture_phase, current_batch
+from cgraph.cuda import state as _state
+from cgraph.cuda.breakable import BreakableRunner, eager_break
+from cgraph.core.errors import CaptureNotAllowedError, NestedCaptureError
+from cgraph.cuda.runner import GraphRunner, batch_context, capture_allowed, capture_phase, current_batch
 
 
 def _double(x):

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.gpu
 cp = pytest.importorskip("cupy")
 
 from cgraph import BatchDescriptor, GraphConfig, GraphMode, build_dispatch_table, dispatch  # noqa: E402
-from cgraph.errors import InputMismatchError  # noqa: E402
-from cgraph.runner import GraphRunner, batch_context, capture_all, capture_phase  # noqa: E402
+from cgraph.core.errors import InputMismatchError  # noqa: E402
+from cgraph.cuda.runner import GraphRunner, batch_context, capture_all, capture_phase  # noqa: E402
 
 CAP = 64
 HID = 32

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cgraph import suggest_capture_sizes
-from cgraph.sizes import padded_tokens
+from cgraph.core.buckets import padded_tokens
 
 
 def brute_force(hist: dict[int, float], max_graphs: int) -> float:

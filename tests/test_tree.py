@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from cgraph._tree import array_leaves
+from cgraph.core.tree import array_leaves
 
 
 class _Mem:

@@ -1,16 +1,16 @@
-"""A plain, unoptimised dispatcher implementing the same rules as cgraph.dispatch.
+"""A plain, unoptimised dispatcher implementing the same rules as cgraph.core.dispatch.
 
 Written straight from the rules (vLLM's dispatcher behaviour), independently of
-cgraph.dispatch's precomputed rows: the keys live in sets, padding is a linear scan,
+cgraph.core.dispatch's precomputed rows: the keys live in sets, padding is a linear scan,
 and every call builds its descriptors. It is the baseline of the dispatch benchmark and
 the oracle of the differential test; it assumes valid arguments.
 """
 
 from __future__ import annotations
 
-from cgraph.config import GraphConfig
-from cgraph.descriptors import BatchDescriptor
-from cgraph.modes import GraphMode
+from cgraph.core.config import GraphConfig
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.modes import GraphMode
 
 
 class PlainDispatcher:

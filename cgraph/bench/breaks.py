@@ -14,11 +14,13 @@ Each segment is three small raw kernels; each break launches one raw kernel eage
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
-from cgraph._gpu import require_device
-from cgraph.bench._report import write_results
-from cgraph.bench._timing import host_us, wall_us
+from cgraph.cuda.device import require_device
+from cgraph.bench.report import add_out_argument, write_results
+from cgraph.bench.timing import host_us, wall_us
 
 _SRC = r"""
 extern "C" __global__ void bump(float* x, float a, int n) {
@@ -28,10 +30,13 @@ extern "C" __global__ void bump(float* x, float a, int n) {
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
     cp = require_device()
-    from cgraph.breakable import BreakableCapture, eager_break
-    from cgraph.graph import capture
+    from cgraph.cuda.breakable import BreakableCapture, eager_break
+    from cgraph.cuda.graph import capture
 
     bump = cp.RawKernel(_SRC, "bump")
     x = cp.asarray(np.random.default_rng().uniform(1, 2, 1024).astype(np.float32))
@@ -81,7 +86,7 @@ def main() -> None:
     worst_host = max(r["host_overhead_per_break_us"] for r in rows)
     write_results("breaks", rows, title="Per-break overhead of breakable replay",
                   notes=[f"worst per-break overhead: wall {worst_wall:.2f} us, host {worst_host:.2f} us "
-                         "(target <= 4 us)"])
+                         "(target <= 4 us)"], out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cgraph.bench._report import write_results
-from cgraph.config import GraphConfig
-from cgraph.descriptors import BatchDescriptor
-from cgraph.engine.metadata import BLOCK_SIZE, build_metadata, num_blocks_for
+from cgraph.bench.report import add_out_argument, write_results
+from cgraph.core.config import GraphConfig
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
+from cgraph.engine.metadata import build_metadata
 from cgraph.engine.scheduler import ScheduledBatch, ScheduledSeq
 from cgraph.models.config import LlamaConfig
 from cgraph.models.weights import init_weights
-from cgraph.modes import GraphMode
+from cgraph.core.modes import GraphMode
 
 BENCH_MODEL = LlamaConfig(num_layers=8, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=64,
                           intermediate_size=2816, vocab_size=32000, max_seq_len=1024)
@@ -181,7 +182,7 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
     estimate counts layer ops num_layers times. Expects the batch's metadata copied in.
     """
     from cgraph import kernels as K
-    from cgraph.graph import capture
+    from cgraph.cuda.graph import capture
     from cgraph.models import llama
 
     model, cfg = eng.model, eng.model.cfg
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--breakdown", action="store_true",
                     help="also time each op of the step (notebooks/results/decode_breakdown.*)")
+    add_out_argument(ap)
     a = ap.parse_args(argv)
-    from cgraph._gpu import require_device
+    from cgraph.cuda.device import require_device
     from cgraph.engine.engine import Engine
     from cgraph.models.llama import LlamaModel
 
@@ -312,9 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         write_results("decode_breakdown", breakdown, title="Decode step by op (graph-timed, GPU time)",
                       notes=[f"bandwidth column: bytes of weights (gemm) or KV read (attention) / time; "
                              f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)",
-                             "each op captured 20 times in one graph; layer ops count num_layers times"])
+                             "each op captured 20 times in one graph; layer ops count num_layers times"], out_dir=a.out)
     write_results("decode", rows, title="Decode step: cgraph NONE / PIECEWISE / FULL vs floor and torch",
-                  notes=notes, columns=cols, extra={"copy_bandwidth_Bps": bw, "context": a.context})
+                  notes=notes, columns=cols, extra={"copy_bandwidth_Bps": bw, "context": a.context}, out_dir=a.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark: cgraph.dispatch against a plain implementation of the same rules.
+"""Benchmark: cgraph.core.dispatch against a plain implementation of the same rules.
 
 `python -m cgraph.bench.dispatch` times both on the same random batches in one run, over
 the default table (51 capture sizes, max_num_seqs=256), without LoRA and with
@@ -16,10 +16,10 @@ import sys
 import time
 
 from cgraph.bench._plain_dispatch import PlainDispatcher
-from cgraph.bench._report import write_results
-from cgraph.config import GraphConfig
-from cgraph.dispatch import build_dispatch_table, dispatch
-from cgraph.modes import GraphMode
+from cgraph.bench.report import add_out_argument, write_results
+from cgraph.core.config import GraphConfig
+from cgraph.core.dispatch import build_dispatch_table, dispatch
+from cgraph.core.modes import GraphMode
 
 
 def random_batches(cfg: GraphConfig, count: int, rng: random.Random) -> list[tuple]:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=20000, help="random batches per run")
     parser.add_argument("--repeats", type=int, default=15, help="timed passes (median reported)")
     parser.add_argument("--seed", type=int, default=0)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     rows = [
         measure(mode, loras, args.calls, args.repeats, args.seed)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             "plain: key sets, linear-scan padding, descriptors built per call; cgraph: "
             "precomputed rows (row_kib: memory of the row tuples; the answers they hold are shared).",
         ],
-        extra={"calls": args.calls, "repeats": args.repeats, "seed": args.seed},
+        extra={"calls": args.calls, "repeats": args.repeats, "seed": args.seed}, out_dir=args.out
     )
 
 

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cgraph.bench._report import write_results
-from cgraph.encoder.planning import (
+from cgraph.bench.report import add_out_argument, write_results
+from cgraph.core.budgets import (
     generate_budgets,
     padding_stats,
     plan_batches,
@@ -68,7 +68,7 @@ def _padded_batch_fn(cp: Any, model: Any, prepared: list[Any]) -> tuple[Callable
 
 
 def run(n: int, reps: int, padded_limit: int, seed: int) -> list[dict]:
-    from cgraph._gpu import require_device
+    from cgraph.cuda.device import require_device
     from cgraph.encoder.manager import EncoderGraphManager
     from cgraph.encoder.model import EncoderSpec, VisionEncoder
 
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--padded-limit", type=int, default=2_000_000,
                     help="time the padded batch only when it has at most this many patch rows")
     ap.add_argument("--seed", type=int, default=0)
+    add_out_argument(ap)
     a = ap.parse_args(argv)
     rows = run(a.n, a.reps, a.padded_limit, a.seed)
     cols = ["workload", "method", "ms_per_pass", "images_per_s", "speedup_vs_eager_per_image",
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             "graphs: greedy smallest-first packing, max batch 32; suggest_budgets uses as many graphs as powers of two",
             "target: graphs >= 2x eager one image at a time",
         ],
-        extra={"args": vars(a)},
+        extra={"args": vars(a)}, out_dir=a.out
     )
 
 

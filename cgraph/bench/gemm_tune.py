@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cgraph._gpu import require_device
+from cgraph.cuda.device import require_device
 from cgraph.bench.kernels import GEMM_SHAPES, Timer, _rand
 from cgraph.kernels.loader import OPTIONS, family_source
 
@@ -125,7 +125,7 @@ def tune_plans(cp: Any, ms: list[int]) -> list[dict]:
 def bench_rows(cp: Any) -> int:
     """The GEMM rows of cgraph.bench.kernels alone (same shapes, timer and cuBLAS baseline)."""
     import cgraph.kernels as K
-    from cgraph.bench._report import write_results
+    from cgraph.bench.report import write_results
     from cgraph.bench.kernels import gemm_rows
 
     timer = Timer(cp)

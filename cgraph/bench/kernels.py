@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cgraph._gpu import require_device
-from cgraph.bench._report import write_results
+from cgraph.cuda.device import require_device
+from cgraph.bench.report import add_out_argument, write_results
 
 _SPIN_SRC = r"""
 extern "C" __global__ void spin(long long cycles) {
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-gemm", action="store_true")
     parser.add_argument("--only", choices=("attention",), default=None,
                         help="run one group of rows (results go to kernels_attention.{json,md})")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     cp = require_device()
     import cgraph.kernels as K
@@ -355,9 +356,9 @@ def main(argv: list[str] | None = None) -> int:
              else "Kernel throughput: memory-bound vs copy bandwidth, GEMM vs cuBLAS")
     write_results("kernels_attention" if only_attention else "kernels", rows, title=title,
                   notes=notes, extra={"copy_bw_bytes_per_s": copy_bw, "gemm_tuning": tuning},
-                  columns=["kernel", "shape", "dtype", "ours_us", "ref_us", "pct", "detail"])
+                  columns=["kernel", "shape", "dtype", "ours_us", "ref_us", "pct", "detail"], out_dir=args.out)
     if tuning:
-        from cgraph.bench._report import markdown_table
+        from cgraph.bench.report import markdown_table
 
         print("GEMM alternatives:")
         print(markdown_table(tuning))

@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from cgraph import GraphConfig, GraphMode, build_dispatch_table, dispatch
-from cgraph._gpu import require_device
-from cgraph.bench._report import write_results
-from cgraph.bench._timing import host_us
+from cgraph.cuda.device import require_device
+from cgraph.bench.report import add_out_argument, write_results
+from cgraph.bench.timing import host_us
 
 _SRC = r"""
 extern "C" __global__ void bump(float* x, float a, int n) {
@@ -34,11 +34,12 @@ extern "C" __global__ void bump(float* x, float a, int n) {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12, help="kernel pairs in the capture-cost model")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     cp = require_device()
-    from cgraph.graph import capture
-    from cgraph.pool import GraphPool
-    from cgraph.runner import GraphRunner, capture_all, capture_phase
+    from cgraph.cuda.graph import capture
+    from cgraph.cuda.pool import GraphPool
+    from cgraph.cuda.runner import GraphRunner, capture_all, capture_phase
 
     bump = cp.RawKernel(_SRC, "bump")
     x = cp.asarray(np.random.default_rng().uniform(1, 2, 512).astype(np.float32))
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             (f"runner step / torch wrapper = {runner_us / torch_us:.2f}" if torch_us else "torch not installed"),
             *capture_rows,
         ],
-        extra=extra,
+        extra=extra, out_dir=args.out
     )
 
 
@@ -157,7 +158,7 @@ def _capture_costs(cp, capture, GraphPool, GraphRunner, capture_all, table, laye
     rebind_note = "rebind: cuda-bindings not installed"
     rebind_s = None
     try:
-        from cgraph.rebind import rebind
+        from cgraph.cuda.rebind import rebind
 
         xs2, out2 = xs.copy(), cp.empty_like(out)
         rebind_s = min(rebind(g, xs2, ws, out2) for _ in range(5))

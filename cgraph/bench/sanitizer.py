@@ -8,12 +8,12 @@ Exits non-zero if a part is missing its summaries, failed tests, or found an err
 
 from __future__ import annotations
 
+import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from cgraph.bench._report import write_results
+from cgraph.bench.report import add_out_argument, write_results
 
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?)\b")
 _TOOL = re.compile(r"(?:ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: (\d+) hazards displayed \((\d+) errors)")
@@ -37,20 +37,23 @@ def summarize(part_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m cgraph.bench.sanitizer LOGDIR (the folder given to .ci/gpu sanitizers)")
-        return 2
-    parts = sorted(p for p in Path(args[0]).glob("*check-*") if p.is_dir())
+    parser = argparse.ArgumentParser(prog="python -m cgraph.bench.sanitizer",
+                                     description="summarise the logs of `bash .ci/gpu sanitizers LOGDIR`")
+    parser.add_argument("logdir", help="the folder given to .ci/gpu sanitizers")
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    parts = sorted(p for p in Path(args.logdir).glob("*check-*") if p.is_dir())
     if not parts:
-        print(f"no memcheck-*/racecheck-* folders under {args[0]!r}: run `bash .ci/gpu sanitizers {args[0]}` first")
+        print(f"no memcheck-*/racecheck-* folders under {args.logdir!r}: run "
+              f"`bash .ci/gpu sanitizers {args.logdir}` first")
         return 2
     rows = [summarize(p) for p in parts]
     bad = [r for r in rows if not r["summary_found"] or r["tests_failed"] or r["sanitizer_errors"]]
     write_results("sanitizer", rows, title="compute-sanitizer over the GPU test suite",
                   notes=["memcheck: the whole GPU suite (CuPy pooling off, API errors the fault tests provoke not reported)",
                          "racecheck: the kernel tests (shared-memory hazards)",
-                         "the five parts run as concurrent processes on one GPU (`bash .ci/gpu sanitizers`)"])
+                         "the five parts run as concurrent processes on one GPU (`bash .ci/gpu sanitizers`)"],
+                  out_dir=args.out)
     return 1 if bad else 0
 
 

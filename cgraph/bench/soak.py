@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from cgraph._gpu import require_device
-from cgraph.bench._report import write_results
-from cgraph.config import GraphConfig, default_capture_sizes
+from cgraph.cuda.device import require_device
+from cgraph.bench.report import add_out_argument, write_results
+from cgraph.core.config import GraphConfig, default_capture_sizes
 
 MODES = ("full", "piecewise", "full_decode_only", "full_and_piecewise", "none")
 
@@ -30,7 +30,7 @@ def _used_mib(cp) -> float:
 def soak_mode(model, mode: str, steps: int, *, check_every: int, max_num_seqs: int, budget: int,
               max_prompt: int, max_new: int, rng: np.random.Generator, cp) -> dict:
     from cgraph.engine.engine import Engine
-    from cgraph.engine.metadata import BLOCK_SIZE, BlockAllocator
+    from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator
     from cgraph.engine.scheduler import Request, Scheduler
 
     gcfg = GraphConfig(mode, capture_sizes=None if mode == "none" else default_capture_sizes(budget),
@@ -75,12 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     cp = require_device()
-    from cgraph.engine.demo_gpu import model_config
+    from cgraph.models.config import demo_config
     from cgraph.models.llama import LlamaModel
 
-    model = LlamaModel(model_config(args.layers, args.hidden, vocab_size=4096, max_seq_len=256),
+    model = LlamaModel(demo_config(args.layers, args.hidden, vocab_size=4096, max_seq_len=256),
                        seed=args.seed)
     rng = np.random.default_rng(args.seed)
     before = _used_mib(cp)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                   notes=[f"mismatches against eager: {bad} of {sum(r['checked_vs_eager'] for r in rows)} "
                          "checked steps (target 0)",
                          f"GPU memory in use before the engines: {before:.0f} MiB, after closing them "
-                         f"all: {after:.0f} MiB"])
+                         f"all: {after:.0f} MiB"], out_dir=args.out)
     if bad:
         raise SystemExit(f"soak: {bad} steps differ from eager")
 

@@ -1,8 +1,10 @@
-"""Encoder budget graphs: pure planning (eager imports) and GPU parts (imported lazily).
+"""The vision encoder application: a ViT-like model and its budget-graph manager (GPU),
+plus the pure planning it uses, re-exported from cgraph.core.
 
-Pure: generate_budgets, smallest_fitting_budget, plan_batches, EncoderBatch, load_balance,
-suggest_budgets, EncoderGraphConfig, ShardPlan, ... (no CuPy).
-GPU, loaded on first use: VisionEncoder (model), EncoderGraphManager (manager).
+Pure (from cgraph.core): generate_budgets, smallest_fitting_budget, plan_batches,
+EncoderBatch, load_balance, suggest_budgets, EncoderGraphConfig, ShardPlan, ...
+GPU, loaded on first use: VisionEncoder, EncoderSpec (model), EncoderGraphManager,
+EncoderStats (manager), DataParallelEncoder (data_parallel).
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cgraph.encoder.config import EncoderGraphConfig, resolve_encoder_config
-from cgraph.encoder.planning import (
+from cgraph.core.budgets import (
     EncoderBatch,
     LoadBalance,
     PaddingStats,
@@ -24,13 +25,15 @@ from cgraph.encoder.planning import (
     suggest_budgets,
     suggest_budgets_for_workload,
 )
-from cgraph.encoder.sharding import ShardPlan, pack_rank_outputs, shard_items, unpack_gathered
+from cgraph.core.encoder_config import EncoderGraphConfig, resolve_encoder_config
+from cgraph.core.sharding import ShardPlan, pack_rank_outputs, shard_items, unpack_gathered
 
 _LAZY = {
     "VisionEncoder": "cgraph.encoder.model",
     "EncoderSpec": "cgraph.encoder.model",
     "EncoderGraphManager": "cgraph.encoder.manager",
     "EncoderStats": "cgraph.encoder.manager",
+    "DataParallelEncoder": "cgraph.encoder.data_parallel",
 }
 
 __all__ = [

@@ -24,10 +24,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from cgraph._gpu import require_device
-from cgraph.encoder.config import EncoderGraphConfig
+from cgraph.cuda.device import require_device
+from cgraph.core.encoder_config import EncoderGraphConfig
 from cgraph.encoder.model import MERGE_PATCHES, VisionEncoder
-from cgraph.encoder.planning import EncoderBatch, plan_batches
+from cgraph.core.budgets import EncoderBatch, plan_batches
 
 
 @attrs.frozen
@@ -74,9 +74,9 @@ class EncoderGraphManager:
         debug: bool | None = None,
     ) -> None:
         cp = require_device()
-        from cgraph.buffers import StaticBuffers  # noqa: PLC0415 - GPU layer
-        from cgraph.graph import capture  # noqa: PLC0415
-        from cgraph.pool import GraphPool  # noqa: PLC0415
+        from cgraph.cuda.buffers import StaticBuffers  # noqa: PLC0415 - GPU layer
+        from cgraph.cuda.graph import capture  # noqa: PLC0415
+        from cgraph.cuda.pool import GraphPool  # noqa: PLC0415
 
         if not isinstance(model, VisionEncoder):
             raise TypeError(f"model must be a VisionEncoder, got {type(model).__name__}")

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from cgraph._gpu import require_device
+from cgraph.cuda.device import require_device
 
 MERGE = 2  # 2x2 patch merger
 MERGE_PATCHES = MERGE * MERGE
@@ -114,7 +114,7 @@ class VisionEncoder:
         if dtype not in ("float16", "bfloat16"):
             raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {dtype!r}")
         cp = require_device()
-        from cgraph import kernels as K  # noqa: PLC0415 - GPU layer, loaded with the model
+        import cgraph.kernels as K  # noqa: PLC0415 - GPU layer, loaded with the model
 
         self._cp, self._K = cp, K
         self.dtype = cp.dtype(dtype) if dtype == "float16" else _bf16(cp)

@@ -2,7 +2,7 @@
 
 One step:
 1. the scheduler forms a batch (uniform decode, or mixed prefill + decode);
-2. `cgraph.dispatch` maps (num_tokens, uniform) to a runtime mode and a descriptor; the
+2. `cgraph.core.dispatch` maps (num_tokens, uniform) to a runtime mode and a descriptor; the
    descriptor's num_tokens is the padded size (NONE: the real size);
 3. the batch's metadata is built on the host, padded to that size and packed into one
    pinned int32 vector, then copied to the static metadata buffer in one transfer;
@@ -21,16 +21,16 @@ from typing import Any, Hashable, Iterable
 
 import attrs
 
-from cgraph._gpu import require_device
-from cgraph.config import GraphConfig
-from cgraph.descriptors import BatchDescriptor
-from cgraph.dispatch import build_dispatch_table, dispatch
-from cgraph.engine.metadata import (BLOCK_SIZE, BatchMetadata, BlockAllocator, MetadataLayout,
-                                    build_metadata, num_blocks_for)
+from cgraph.cuda.device import require_device
+from cgraph.core.config import GraphConfig
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.dispatch import build_dispatch_table, dispatch
+from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator, num_blocks_for
+from cgraph.engine.metadata import BatchMetadata, MetadataLayout, build_metadata
 from cgraph.engine.scheduler import Request, ScheduledBatch, Scheduler
 from cgraph.engine.stats import StepRecord, summarize
 from cgraph.models.llama import ForwardInputs, LlamaModel, workspace_specs, workspace_views
-from cgraph.modes import GraphMode
+from cgraph.core.modes import GraphMode
 
 
 @attrs.frozen
@@ -57,7 +57,10 @@ class Engine:
 
         if not isinstance(graph_config, GraphConfig):
             raise TypeError(f"graph_config must be a GraphConfig, got {type(graph_config).__name__}")
-        from cgraph import BreakableRunner, GraphPool, GraphRunner, StaticBuffers
+        from cgraph.cuda.breakable import BreakableRunner
+        from cgraph.cuda.buffers import StaticBuffers
+        from cgraph.cuda.pool import GraphPool
+        from cgraph.cuda.runner import GraphRunner
 
         self._cp = cp
         self.model = model
@@ -128,7 +131,7 @@ class Engine:
 
     def capture(self, *, progress: bool = True) -> list[Any]:
         """Capture every graph the config's dispatch table names (largest first, progress bar)."""
-        from cgraph import capture_all
+        from cgraph.cuda.runner import capture_all
 
         self._inert_metadata()
         reports = []

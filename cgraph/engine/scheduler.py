@@ -19,7 +19,7 @@ from typing import Hashable, Sequence
 
 import attrs
 
-from cgraph.engine.metadata import BlockAllocator
+from cgraph.engine.blocks import BlockAllocator
 
 
 def _token_tuple(value: Sequence[int]) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
 The batch shapes a workload produces do not depend on the sampled token values, so the
 scheduler can be run on the host alone to list every step's (num_tokens, uniform
-decode) pair: the input of `cgraph.dispatch` and of `cgraph.padding_report`.
+decode) pair: the input of `cgraph.core.dispatch` and of `cgraph.padding_report`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from cgraph.config import GraphConfig, default_capture_sizes
-from cgraph.engine.metadata import BLOCK_SIZE, BlockAllocator, num_blocks_for
+from cgraph.core.config import GraphConfig, default_capture_sizes
+from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator, num_blocks_for
 from cgraph.engine.scheduler import Request, Scheduler
-from cgraph.modes import GraphMode
+from cgraph.core.modes import GraphMode
 
 
 def demo_max_seq_len(max_prompt: int, new_tokens: int) -> int:

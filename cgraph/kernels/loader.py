@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cgraph._gpu import cupy, require_device
+from cgraph.cuda.device import cupy, require_device
 from cgraph.kernels.gemm_plan import WGMMA_SPLITS, WGMMA_TILES
 
 #: NVRTC options used everywhere (the check compiles with exactly these plus -arch).
@@ -103,12 +103,11 @@ class KernelCompileError(RuntimeError):
 
 def source_dir() -> Path:
     """Folder holding the .cu sources: the installed wheel's cgraph/_cuda, else the repo's kernels/."""
-    import cgraph
-
-    packaged = Path(cgraph.__file__).resolve().parent / "_cuda"
+    package = Path(__file__).resolve().parents[1]  # the installed cgraph/ folder
+    packaged = package / "_cuda"
     if (packaged / "common.cuh").is_file():
         return packaged
-    repo = Path(cgraph.__file__).resolve().parent.parent / "kernels"
+    repo = package.parent / "kernels"
     if (repo / "common.cuh").is_file():
         return repo
     raise FileNotFoundError(

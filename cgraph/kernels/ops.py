@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cgraph._gpu import cupy
+from cgraph.cuda.device import cupy
 from cgraph.kernels import reference
 from cgraph.kernels.gemm_plan import WGMMA_TILES, GemmPlan, plan_gemm
 from cgraph.kernels.loader import get_kernel

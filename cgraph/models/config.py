@@ -6,6 +6,8 @@ import math
 
 import attrs
 
+from cgraph.core.errors import ArgumentError
+
 _DTYPES = ("float16", "bfloat16")
 
 
@@ -80,3 +82,15 @@ class LlamaConfig:
     def num_parameters(self) -> int:
         """Parameter count of the untied layout."""
         return sum(math.prod(s) for s in self.weight_shapes().values())
+
+
+def demo_config(layers: int = 4, hidden: int = 512, *, vocab_size: int = 8192,
+                max_seq_len: int = 1024) -> LlamaConfig:
+    """The demo's model family: head dim 64, half as many KV heads, intermediate ~2.75x hidden."""
+    if hidden % 64:
+        raise ArgumentError(f"hidden={hidden}: must be a multiple of 64 (head dim 64)")
+    heads = hidden // 64
+    return LlamaConfig(num_layers=layers, hidden_size=hidden, num_heads=heads,
+                       num_kv_heads=max(1, heads // 2), head_dim=64,
+                       intermediate_size=-(-hidden * 11 // 4 // 64) * 64,
+                       vocab_size=vocab_size, max_seq_len=max_seq_len)

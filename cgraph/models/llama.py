@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import attrs
 import numpy as np
 
-from cgraph._gpu import require_device
+from cgraph.cuda.device import require_device
 from cgraph.models.config import LlamaConfig
 from cgraph.models.weights import init_weights, validate_weights
 
@@ -93,7 +93,7 @@ def workspace_views(bufs: Any, cfg: LlamaConfig, num_tokens: int, num_seqs: int)
 def _attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, inp: ForwardInputs, out: Any,
                max_query_len: int, scale: float) -> None:
     """Write this step's K/V into the paged cache, then paged attention into `out`."""
-    from cgraph import kernels as K
+    import cgraph.kernels as K
 
     K.reshape_and_cache(k, v, k_cache, v_cache, inp.slot_mapping)
     K.paged_attention(q, k_cache, v_cache, out=out, block_tables=inp.block_tables,
@@ -102,7 +102,7 @@ def _attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, inp: ForwardI
 
 
 def _make_attention_break() -> Any:
-    from cgraph import eager_break
+    from cgraph.cuda.breakable import eager_break
 
     return eager_break(_attention)
 
@@ -170,7 +170,7 @@ class LlamaModel:
         bound on any sequence's query length (a graph passes its padded token count).
         Returns ws.next_tokens ([S] int32; rows past num_seqs are padding, ignore them).
         """
-        from cgraph import kernels as K
+        import cgraph.kernels as K
 
         cfg = self.cfg
         eps = cfg.rms_eps

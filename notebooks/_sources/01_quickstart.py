@@ -22,8 +22,8 @@ import cupy as cp
 
 import cgraph
 from cgraph import capture, kernels as K
-from cgraph.bench._report import device_name
-from cgraph.bench._timing import host_us, wall_us
+from cgraph.bench.report import device_name
+from cgraph.bench.timing import host_us, wall_us
 from cgraph.kernels import reference as ref
 
 print(f"device: {device_name()} | cupy {cp.__version__} | cgraph {cgraph.__version__}")
@@ -204,7 +204,7 @@ draw_graph(g.dot(), f"mlp_stack: {g.num_nodes} nodes recorded on one stream");
 #
 # ## 4 · Replay against eager launches
 #
-# Two figures per path, each the median over interleaved rounds (`cgraph.bench._timing`):
+# Two figures per path, each the median over interleaved rounds (`cgraph.bench.timing`):
 #
 # - **host time**: the CPU cost of issuing one call, measured over batches of calls
 #   without waiting for the GPU. This is what graphs remove.

@@ -19,7 +19,7 @@ import numpy as np
 
 from cgraph import (GraphConfig, GraphMode, build_dispatch_table, capture_descriptors,
                     dispatch, padding_report, suggest_capture_sizes)
-from cgraph.sizes import padded_tokens
+from cgraph.core.buckets import padded_tokens
 
 # A fresh seed per run unless CGRAPH_SEED fixes one; every check below holds for any workload.
 SEED = int(os.environ.get("CGRAPH_SEED", np.random.SeedSequence().entropy % 2**32))

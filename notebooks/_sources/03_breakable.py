@@ -18,8 +18,8 @@ import numpy as np
 import cupy as cp
 
 from cgraph import BreakableCapture, capture, eager_break, kernels as K
-from cgraph.bench._report import device_name
-from cgraph.bench._timing import host_us, wall_us
+from cgraph.bench.report import device_name
+from cgraph.bench.timing import host_us, wall_us
 from cgraph.kernels import reference as ref
 
 print(f"device: {device_name()} | cupy {cp.__version__}")

@@ -41,10 +41,10 @@ from typing import Any
 
 import attrs
 
-from cgraph._checks import check_bool, check_int
-from cgraph.config import GraphConfig
-from cgraph.descriptors import BatchDescriptor, eager_descriptor
-from cgraph.modes import GraphMode
+from cgraph.core.checks import check_bool, check_int
+from cgraph.core.config import GraphConfig
+from cgraph.core.descriptors import BatchDescriptor, eager_descriptor
+from cgraph.core.modes import GraphMode
 
 Dispatch = tuple[GraphMode, BatchDescriptor]
 

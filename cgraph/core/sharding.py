@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from cgraph.encoder.planning import LoadBalance, _check_item_tokens, load_balance
+from cgraph.core.budgets import LoadBalance, _check_item_tokens, load_balance
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from cgraph._checks import bool_converter, int_converter, optional_int_converter
+from cgraph.core.checks import bool_converter, int_converter, optional_int_converter
 
 
 def _check_num_reqs(instance: "BatchDescriptor", attribute: attrs.Attribute, value: int | None) -> None:

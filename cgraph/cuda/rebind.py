@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cgraph import _state
-from cgraph._gpu import GPUUnavailableError, require_device
-from cgraph._tree import array_leaves
-from cgraph.graph import CapturedGraph
-from cgraph.errors import CaptureError
+from cgraph.cuda import state as _state
+from cgraph.cuda.device import GPUUnavailableError, require_device
+from cgraph.core.tree import array_leaves
+from cgraph.cuda.graph import CapturedGraph
+from cgraph.core.errors import CaptureError
 
 
 def _cudart() -> Any:

@@ -15,9 +15,9 @@ import threading
 import traceback
 from typing import Any, Callable
 
-from cgraph import _state
-from cgraph._gpu import cupy
-from cgraph.errors import HostCallbackError
+from cgraph.cuda import state as _state
+from cgraph.cuda.device import cupy
+from cgraph.core.errors import HostCallbackError
 
 _lock = threading.Lock()
 _pending: list[tuple[str, BaseException]] = []

@@ -37,7 +37,7 @@ def active() -> ActiveCapture | None:
 
 
 def enter(state: ActiveCapture) -> None:
-    from cgraph.errors import NestedCaptureError
+    from cgraph.core.errors import NestedCaptureError
 
     current = active()
     if current is not None:

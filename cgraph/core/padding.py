@@ -11,10 +11,10 @@ from typing import Any, Iterable
 
 import attrs
 
-from cgraph._checks import check_bool, check_int
-from cgraph.descriptors import BatchDescriptor
-from cgraph.dispatch import DispatchTable, dispatch
-from cgraph.modes import GraphMode
+from cgraph.core.checks import check_bool, check_int
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.dispatch import DispatchTable, dispatch
+from cgraph.core.modes import GraphMode
 
 _RUNTIME_MODES = (GraphMode.FULL, GraphMode.PIECEWISE, GraphMode.NONE)
 

@@ -7,7 +7,7 @@ batch under each graph mode with the GraphConfig the GPU run uses. It prints, pe
 which graph each batch size hits, the hit rate and the padding waste.
 
 On a machine with a CUDA GPU (and without --no-gpu) it hands over to the GPU demo
-(cgraph.engine.demo_gpu), which runs the workload on a small decoder model.
+(cgraph.demo.gpu), which runs the workload on a small decoder model.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from cgraph.config import GraphConfig
-from cgraph.dispatch import build_dispatch_table
+from cgraph.core.config import GraphConfig
+from cgraph.core.dispatch import build_dispatch_table
 from cgraph.engine.workload import demo_max_seq_len, plan_batches, serving_config, synthetic_requests
-from cgraph.modes import GraphMode
-from cgraph.padding import PaddingReport, padding_report
-from cgraph.sizes import padded_tokens, suggest_capture_sizes
+from cgraph.core.modes import GraphMode
+from cgraph.core.padding import PaddingReport, padding_report
+from cgraph.bench.report import add_out_argument
+from cgraph.core.buckets import padded_tokens, suggest_capture_sizes
 
 ALL_MODES = (GraphMode.NONE, GraphMode.PIECEWISE, GraphMode.FULL,
              GraphMode.FULL_DECODE_ONLY, GraphMode.FULL_AND_PIECEWISE)
@@ -77,7 +78,7 @@ def print_plan(args: argparse.Namespace, out=None) -> dict[GraphMode, PaddingRep
     if cfg is not None:
         _print_suggestion(cfg, [n for n, _ in batches], out)
     print("\nA GPU run (on a CUDA machine, without --no-gpu) hands over to "
-          "cgraph.engine.demo_gpu, which runs this workload on a small decoder "
+          "cgraph.demo.gpu, which runs this workload on a small decoder "
           f"({args.layers} layers, hidden {args.hidden}) with these graphs captured and "
           "replayed, instead of only planning them.", file=out)
     return reports
@@ -113,7 +114,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="workload and weights seed")
     parser.add_argument("--no-gpu", action="store_true", help="print the dispatch plan only")
     parser.add_argument("--save-results", action="store_true",
-                        help="GPU run: also write notebooks/results/demo_gpu.{json,md}")
+                        help="GPU run: also write demo_gpu.{json,md} into the --out folder")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     try:
         args.modes = [GraphMode.parse(m) for m in args.modes.split(",") if m.strip()]
@@ -131,21 +133,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.no_gpu:
-        from cgraph._gpu import gpu_available
+        from cgraph.cuda.device import gpu_available
 
         if gpu_available():
-            try:
-                from cgraph.engine.demo_gpu import run_gpu_demo
-            except ImportError as exc:
-                print_plan(args)
-                print(f"\nThe GPU demo is not available yet ({exc}); showing the dispatch plan only.")
-                return 0
-            result = run_gpu_demo(args)
-            return result if isinstance(result, int) else 0
+            from cgraph.demo.gpu import run_gpu_demo
+
+            return run_gpu_demo(args)
         print("No usable CUDA GPU: showing the dispatch plan only.\n")
     print_plan(args)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

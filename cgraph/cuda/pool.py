@@ -15,8 +15,8 @@ import contextlib
 import weakref
 from typing import Any, Iterator
 
-from cgraph._gpu import require_device
-from cgraph.errors import GraphClosedError
+from cgraph.cuda.device import require_device
+from cgraph.core.errors import GraphClosedError
 
 
 class GraphPool:

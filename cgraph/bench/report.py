@@ -6,26 +6,33 @@ date, so a committed result says where and when it was measured.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
-import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "results"
+from cgraph.cuda.device import device_name
 
 
-def device_name() -> str:
-    """The CUDA device's name, or 'cpu (<machine>)' where no GPU is usable."""
-    try:
-        from cgraph._gpu import require_device
 
-        cp = require_device()
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        name = props["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # noqa: BLE001 - any failure means no usable GPU
-        return f"cpu ({platform.machine()})"
+def checkout_results_dir() -> Path | None:
+    """notebooks/results of the source checkout this package runs from, or None when
+    cgraph is installed elsewhere (site-packages): results are never written there."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir():
+        return root / "notebooks" / "results"
+    return None
+
+
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """The --out flag every benchmark takes: where its NAME.json and NAME.md go."""
+    default = checkout_results_dir()
+    parser.add_argument(
+        "--out", type=Path, default=default,
+        help="folder for the result files (default: notebooks/results of this checkout"
+             + ("" if default else "; none here, so nothing is written without --out") + ")")
+
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -54,12 +61,12 @@ def write_results(
     columns: Sequence[str] | None = None,
     out_dir: Path | None = None,
 ) -> str:
-    """Print and save a benchmark's table as notebooks/results/NAME.json and NAME.md.
+    """Print a benchmark's table and save it as OUT_DIR/NAME.json and NAME.md.
 
-    Returns the Markdown text. `extra` is stored in the JSON only.
+    out_dir None writes no files (the --out flag's default is the checkout's
+    notebooks/results, and None outside a checkout). Returns the Markdown text.
+    `extra` is stored in the JSON only.
     """
-    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
     device = device_name()
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = markdown_table(rows, columns)
@@ -68,7 +75,12 @@ def write_results(
         md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     payload = {"name": name, "title": title, "device": device, "date": when,
                "rows": list(map(dict, rows)), "notes": list(notes), "extra": dict(extra or {})}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (out / f"{name}.md").write_text(md)
     print(md)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        (out / f"{name}.md").write_text(md)
+    else:
+        print(f"(no result files written for {name}: pass --out DIR)")
     return md

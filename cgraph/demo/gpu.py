@@ -16,24 +16,12 @@ import sys
 import time
 from typing import Any
 
-from cgraph.bench._report import device_name, markdown_table
+from cgraph.bench.report import device_name, markdown_table
 from cgraph.engine.workload import demo_max_seq_len, serving_config, synthetic_requests
-from cgraph.models.config import LlamaConfig
-from cgraph.modes import GraphMode
+from cgraph.models.config import demo_config
+from cgraph.core.modes import GraphMode
 
 ALL_MODES = ("none", "full", "piecewise", "full_decode_only", "full_and_piecewise")
-
-
-def model_config(layers: int = 4, hidden: int = 512, *, vocab_size: int = 8192,
-                 max_seq_len: int = 1024) -> LlamaConfig:
-    """The demo's model family: head dim 64, half as many KV heads, intermediate ~2.75x hidden."""
-    if hidden % 64:
-        raise ValueError(f"--hidden {hidden}: must be a multiple of 64 (head dim 64)")
-    heads = hidden // 64
-    return LlamaConfig(num_layers=layers, hidden_size=hidden, num_heads=heads,
-                       num_kv_heads=max(1, heads // 2), head_dim=64,
-                       intermediate_size=-(-hidden * 11 // 4 // 64) * 64,
-                       vocab_size=vocab_size, max_seq_len=max_seq_len)
 
 
 def _modes(value: Any) -> list[str]:
@@ -57,7 +45,7 @@ def run_gpu_demo(args: Any) -> int:
         raise ValueError(f"--max-prompt {max_prompt} exceeds --max-num-batched-tokens {budget}: a "
                          "prompt is prefilled in one step; raise the budget or shorten prompts")
     max_seq = demo_max_seq_len(max_prompt, new_tokens)
-    cfg = model_config(get("layers", 4), get("hidden", 512), max_seq_len=max_seq)
+    cfg = demo_config(get("layers", 4), get("hidden", 512), max_seq_len=max_seq)
     modes = _modes(get("modes", None))
     print(f"device: {device_name()}")
     print(f"model: {cfg}")
@@ -98,9 +86,9 @@ def run_gpu_demo(args: Any) -> int:
     print()
     print(markdown_table(rows))
     if get("save_results", False):
-        from cgraph.bench._report import write_results
+        from cgraph.bench.report import write_results
 
-        write_results("demo_gpu", rows, title="python -m cgraph.demo (GPU run)",
+        write_results("demo_gpu", rows, out_dir=get("out", None), title="python -m cgraph.demo (GPU run)",
                       notes=[f"model: {cfg}",
                              f"workload: {n_req} requests, prompts 1..{max_prompt}, {new_tokens} new tokens "
                              f"each; max_num_seqs={seqs}, max_num_batched_tokens={budget}"])

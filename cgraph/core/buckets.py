@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from cgraph._checks import check_int
+from cgraph.core.checks import check_int
 
 _BLOCK = 512  # rows of the DP matrix done per numpy step (bounds memory to _BLOCK * m)
 

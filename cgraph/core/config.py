@@ -11,8 +11,8 @@ from typing import Any, Iterable
 
 import attrs
 
-from cgraph._checks import bool_converter, check_int, int_converter
-from cgraph.modes import GraphMode
+from cgraph.core.checks import bool_converter, check_int, int_converter
+from cgraph.core.modes import GraphMode
 
 #: The default largest capture size is never above this many tokens.
 DEFAULT_MAX_CAPTURE_SIZE_CAP = 512

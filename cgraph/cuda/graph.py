@@ -20,11 +20,11 @@ import re
 import time
 from typing import Any, Callable
 
-from cgraph import _state, callbacks
-from cgraph._gpu import require_device
-from cgraph._tree import array_leaves
-from cgraph.errors import CaptureError, GraphClosedError
-from cgraph.pool import GraphPool
+from cgraph.cuda import state as _state, callbacks
+from cgraph.cuda.device import require_device
+from cgraph.core.tree import array_leaves
+from cgraph.core.errors import CaptureError, GraphClosedError
+from cgraph.cuda.pool import GraphPool
 
 
 def _end_quietly(stream: Any) -> None:

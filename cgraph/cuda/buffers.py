@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from cgraph._gpu import require_device
+from cgraph.cuda.device import require_device
 
 
 def _debug_default() -> bool:

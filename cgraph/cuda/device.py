@@ -1,19 +1,20 @@
-"""Lazy access to CuPy for the GPU layer.
+"""Lazy access to CuPy for the GPU layers.
 
-The pure layer (modes, descriptors, config, dispatch, planning) never imports this
-module. GPU modules call :func:`cupy` at the point of use, so `import cgraph` works on
-a machine with neither CuPy nor a GPU, and a GPU feature used there fails with a
-message that says what is missing and how to get it.
+The pure core never imports this module. GPU modules call :func:`cupy` or
+:func:`require_device` at the point of use, so `import cgraph` works on a machine with
+neither CuPy nor a GPU, and a GPU feature used there fails with a message that says what
+is missing and how to get it.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 from typing import Any
 
+from cgraph.core.errors import GPUUnavailableError
 
-class GPUUnavailableError(RuntimeError):
-    """CuPy is not installed, or no usable CUDA device is visible."""
+__all__ = ["GPUUnavailableError", "cupy", "require_device", "gpu_available", "device_name"]
 
 
 @functools.cache
@@ -57,3 +58,14 @@ def gpu_available() -> bool:
     except GPUUnavailableError:
         return False
     return True
+
+
+def device_name() -> str:
+    """The current CUDA device's name, or 'cpu (<machine>)' where no GPU is usable."""
+    try:
+        cp = require_device()
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    except Exception:  # noqa: BLE001 - any failure means no usable GPU
+        return f"cpu ({platform.machine()})"
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from cgraph.encoder.planning import _check_budgets, _check_positive_int, generate_budgets
+from cgraph.core.budgets import _check_budgets, _check_positive_int, generate_budgets
 
 
 def _budgets_converter(value: Sequence[int]) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
 """GraphRunner: capture once per batch descriptor, replay after; the CUDAGraphWrapper analogue.
 
-Dispatch (pure, cgraph.dispatch) decides a (mode, descriptor) per step; a runner trusts it:
+Dispatch (pure, cgraph.core.dispatch) decides a (mode, descriptor) per step; a runner trusts it:
 
 1. A runner has one runtime mode, FULL or PIECEWISE.
 2. Each call gets a mode and a descriptor, explicitly (`run(mode, desc, *args)`) or from
@@ -30,11 +30,11 @@ from typing import Any, Callable, Iterator
 
 import attrs
 
-from cgraph._tree import array_leaves
-from cgraph.descriptors import BatchDescriptor
-from cgraph.dispatch import DispatchTable, capture_descriptors
-from cgraph.errors import CaptureNotAllowedError, GraphClosedError, InputMismatchError
-from cgraph.modes import GraphMode
+from cgraph.core.tree import array_leaves
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.dispatch import DispatchTable, capture_descriptors
+from cgraph.core.errors import CaptureNotAllowedError, GraphClosedError, InputMismatchError
+from cgraph.core.modes import GraphMode
 
 _batch: contextvars.ContextVar[tuple[GraphMode, BatchDescriptor] | None] = contextvars.ContextVar(
     "cgraph_batch", default=None
@@ -51,7 +51,7 @@ def batch_context(mode: GraphMode, descriptor: BatchDescriptor) -> Iterator[None
     if not isinstance(descriptor, BatchDescriptor):
         raise TypeError(
             f"descriptor must be a BatchDescriptor, got {type(descriptor).__name__} {descriptor!r}; "
-            "use the second value that cgraph.dispatch returns"
+            "use the second value that cgraph.core.dispatch returns"
         )
     token = _batch.set((mode, descriptor))
     try:
@@ -206,7 +206,7 @@ class _Runner:
     def pool(self) -> Any:
         """The GraphPool every graph of this runner allocates from (created on first capture)."""
         if self._pool is None:
-            from cgraph.pool import GraphPool
+            from cgraph.cuda.pool import GraphPool
 
             self._pool = GraphPool()
         return self._pool
@@ -257,7 +257,7 @@ class GraphRunner(_Runner):
     """
 
     def _capture_entry(self, descriptor: BatchDescriptor, args: tuple, kwargs: dict) -> Any:
-        from cgraph.graph import capture
+        from cgraph.cuda.graph import capture
 
         return capture(self.fn, *args, pool=self.pool, warmup=self.warmup,
                        name=f"{self.name}[{self.mode.name} {descriptor}]", **kwargs)

@@ -22,13 +22,13 @@ from typing import Any, Callable
 
 import attrs
 
-from cgraph import _state, callbacks
-from cgraph._gpu import require_device
-from cgraph._tree import array_leaves
-from cgraph.graph import _end_quietly, _validate_capture_stream, graph_node_count
-from cgraph.errors import CaptureError, GraphClosedError
-from cgraph.pool import GraphPool
-from cgraph.runner import _Runner
+from cgraph.cuda import state as _state, callbacks
+from cgraph.cuda.device import require_device
+from cgraph.core.tree import array_leaves
+from cgraph.cuda.graph import _end_quietly, _validate_capture_stream, graph_node_count
+from cgraph.core.errors import CaptureError, GraphClosedError
+from cgraph.cuda.pool import GraphPool
+from cgraph.cuda.runner import _Runner
 
 
 @attrs.frozen

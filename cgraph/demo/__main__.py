@@ -1,0 +1,5 @@
+import sys
+
+from cgraph.demo.plan import main
+
+sys.exit(main())
