@@ -40,11 +40,15 @@ _LAZY = {
     "StaticBuffers": "cgraph.cuda.buffers",
     "host_callback": "cgraph.cuda.callbacks",
     "GraphRunner": "cgraph.cuda.runner",
-    "batch_context": "cgraph.cuda.runner",
-    "capture_phase": "cgraph.cuda.runner",
-    "capture_all": "cgraph.cuda.runner",
+    "LazyCapture": "cgraph.cuda.runner",
+    "batch_context": "cgraph.cuda.context",
+    "current_batch": "cgraph.cuda.context",
+    "capture_phase": "cgraph.cuda.context",
+    "capture_all": "cgraph.cuda.tables",
+    "estimate_graph_memory": "cgraph.cuda.tables",
     "BreakableCapture": "cgraph.cuda.breakable",
     "BreakableRunner": "cgraph.cuda.breakable",
+    "capture_breakable": "cgraph.cuda.breakable",
     "eager_break": "cgraph.cuda.breakable",
 }
 _ERRORS = [

@@ -56,16 +56,17 @@ def test_unknown_attribute_and_dir():
 
 
 FAKES = {
-    "pool.py": "class GraphPool:\n    pass\n",
-    "graph.py": "def capture(fn, *a, **k):\n    return 'captured'\nclass CapturedGraph:\n    pass\n",
-    "buffers.py": "class StaticBuffers:\n    pass\n",
-    "callbacks.py": "def host_callback(fn):\n    return fn\n",
-    "runner.py": ("from cgraph.cuda.graph import capture\n"
-                  "class GraphRunner:\n    pass\n"
-                  "def batch_context(*a):\n    pass\ndef capture_phase():\n    pass\n"
-                  "def capture_all(*a):\n    pass\n"),
+    "cuda/pool.py": "class GraphPool:\n    pass\n",
+    "cuda/graph.py": "def capture(fn, *a, **k):\n    return 'captured'\nclass CapturedGraph:\n    pass\n",
+    "cuda/buffers.py": "class StaticBuffers:\n    pass\n",
+    "cuda/callbacks.py": "def host_callback(fn):\n    return fn\n",
+    "cuda/runner.py": ("from cgraph.cuda.graph import capture\n"
+                       "class GraphRunner:\n    pass\nclass LazyCapture:\n    pass\n"),
+    "cuda/context.py": ("def batch_context(*a):\n    pass\ndef capture_phase():\n    pass\n"
+                        "def current_batch():\n    pass\n"),
+    "cuda/tables.py": "def capture_all(*a):\n    pass\ndef estimate_graph_memory(*a):\n    pass\n",
     "cuda/breakable.py": ("class BreakableCapture:\n    pass\nclass BreakableRunner:\n    pass\n"
-                     "def eager_break(fn):\n    return fn\n"),
+                          "def capture_breakable(fn):\n    return fn\ndef eager_break(fn):\n    return fn\n"),
     "kernels/__init__.py": "NAME = 'fake kernels'\n",
 }
 

@@ -22,7 +22,7 @@ from cgraph.cuda.buffers import StaticBuffers  # noqa: E402
 from cgraph.cuda.graph import capture  # noqa: E402
 from cgraph.core.errors import CaptureError, GraphClosedError  # noqa: E402
 from cgraph.cuda.pool import GraphPool  # noqa: E402
-from cgraph.cuda.runner import GraphRunner, capture_phase  # noqa: E402
+from cgraph import GraphRunner, capture_phase  # noqa: E402
 
 
 def _fault(kind):

@@ -12,7 +12,8 @@ from cgraph import BatchDescriptor, GraphMode
 from cgraph.cuda import state as _state
 from cgraph.cuda.breakable import BreakableRunner, eager_break
 from cgraph.core.errors import CaptureNotAllowedError, NestedCaptureError
-from cgraph.cuda.runner import GraphRunner, batch_context, capture_allowed, capture_phase, current_batch
+from cgraph.cuda.context import capture_allowed
+from cgraph import GraphRunner, batch_context, capture_phase, current_batch
 
 
 def _double(x):
@@ -143,10 +144,12 @@ def test_eager_break_copy_into_must_name_a_parameter():
 
 
 def test_nested_capture_state_raises():
-    _state.enter(_state.ActiveCapture(kind="full", name="outer"))
+    outer = _state.ActiveCapture(kind="full", name="outer")
+    _state.enter(outer)
     try:
         with pytest.raises(NestedCaptureError, match="outer"):
             _state.enter(_state.ActiveCapture(kind="breakable", name="inner"))
     finally:
-        _state.leave()
+        _state.leave(outer)
+    assert _state.active() is None
     assert _state.active() is None

@@ -13,7 +13,7 @@ cp = pytest.importorskip("cupy")
 
 from cgraph import BatchDescriptor, GraphConfig, GraphMode, build_dispatch_table, dispatch  # noqa: E402
 from cgraph.core.errors import InputMismatchError  # noqa: E402
-from cgraph.cuda.runner import GraphRunner, batch_context, capture_all, capture_phase  # noqa: E402
+from cgraph import GraphRunner, batch_context, capture_all, capture_phase  # noqa: E402
 
 CAP = 64
 HID = 32
@@ -122,8 +122,11 @@ def test_debug_mode_catches_a_moved_input():
         runner.run(GraphMode.FULL, desc, x, w, out)
     runner.run(GraphMode.FULL, desc, x, w, out)
     moved = x.copy()
-    with pytest.raises(InputMismatchError, match=r"dbg.*args\[0\]\[0\].*captured at 0x"):
+    # named as the caller passed it: the parameter of the wrapped function, not a tree path
+    with pytest.raises(InputMismatchError, match=r"dbg.*input x \(positional argument 0\) moved: captured at 0x"):
         runner.run(GraphMode.FULL, desc, moved, w, out)
+    with pytest.raises(InputMismatchError, match=r"input out \(positional argument 2\) moved"):
+        runner.run(GraphMode.FULL, desc, x, w, out.copy())
     runner.close()
 
 

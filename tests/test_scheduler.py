@@ -183,3 +183,13 @@ def test_synthetic_workload_plan_matches_a_scheduler_run():
     assert any(u for _, u in plan) and any(not u for _, u in plan)
     with pytest.raises(ValueError, match="max_prompt"):
         synthetic_requests(3, max_prompt=0, new_tokens=1, vocab_size=10)
+
+
+def test_engine_star_import_lists_only_names_that_exist():
+    import cgraph.engine as engine
+
+    for name in engine.__all__:
+        assert hasattr(engine, name) or name == "Engine", name
+    namespace: dict = {}
+    exec("from cgraph.engine import *", namespace)  # noqa: S102 - the point of the test
+    assert "Scheduler" in namespace and "EngineConfig" not in engine.__all__

@@ -36,3 +36,25 @@ def test_array_leaves_leave_no_cycle_holding_the_arrays():
         assert ref() is None  # freed by reference counting alone, without the GC
     finally:
         gc.enable()
+
+
+def test_argument_leaves_use_the_call_s_own_paths():
+    a, b, c = FakeArray(16), FakeArray(32), FakeArray(48)
+    from cgraph.core.tree import argument_addresses, argument_leaves
+
+    assert argument_leaves((a, [3, b]), {"out": c}) == [("args[0]", a), ("args[1][1]", b),
+                                                        ("kwargs['out']", c)]
+    assert argument_addresses((a,), {"out": c}) == (("args[0]", 16), ("kwargs['out']", 48))
+
+
+def test_describe_argument_names_the_parameter():
+    from cgraph.core.tree import describe_argument
+
+    def step(x, bufs, *, out=None):
+        return x
+
+    assert describe_argument(step, "args[0]") == "x (positional argument 0)"
+    assert describe_argument(step, "args[1][2]['k']") == "bufs[2]['k'] (positional argument 1)"
+    assert describe_argument(step, "kwargs['out']") == "out (keyword argument)"
+    assert describe_argument(step, "args[5]") == "args[5]"  # more arguments than parameters
+    assert describe_argument(len, "args[0]") in ("obj (positional argument 0)", "args[0]")

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     cp = require_device()
     from cgraph.cuda.graph import capture
     from cgraph.cuda.pool import GraphPool
-    from cgraph.cuda.runner import GraphRunner, capture_all, capture_phase
+    from cgraph.cuda.context import capture_phase
+    from cgraph.cuda.runner import GraphRunner
+    from cgraph.cuda.tables import capture_all
 
     bump = cp.RawKernel(_SRC, "bump")
     x = cp.asarray(np.random.default_rng().uniform(1, 2, 512).astype(np.float32))
@@ -158,10 +160,8 @@ def _capture_costs(cp, capture, GraphPool, GraphRunner, capture_all, table, laye
     rebind_note = "rebind: cuda-bindings not installed"
     rebind_s = None
     try:
-        from cgraph.cuda.rebind import rebind
-
         xs2, out2 = xs.copy(), cp.empty_like(out)
-        rebind_s = min(rebind(g, xs2, ws, out2) for _ in range(5))
+        rebind_s = min(g.rebind(xs2, ws, out2) for _ in range(5))
         rebind_note = (f"rebind (recapture + cudaGraphExecUpdate) {rebind_s * 1e3:.2f} ms vs fresh "
                        f"capture+instantiate {fresh_capture_s * 1e3:.2f} ms "
                        f"({fresh_capture_s / rebind_s:.1f}x faster)")

@@ -5,7 +5,8 @@ recorded into the current segment. `cap.add_eager(fn, ...)` (or calling a functi
 decorated with `@eager_break`) ends that segment, runs fn eagerly, records it, and starts
 a new segment. `cap.replay()` then runs: segment graph 1, break 1, segment graph 2, ...
 on the current stream. This is how PIECEWISE mode works here: attention is a break, the
-rest is captured, and no compiler splits the model.
+rest is captured, and no compiler splits the model. :func:`capture_breakable` is the
+breakable twin of :func:`cgraph.capture` (warm-up, capture, keep the function alive).
 
 Contract for breaks: a break writes into arrays the caller provides (static buffers),
 because segments captured after it read the addresses it wrote at capture time. A break
@@ -17,18 +18,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from typing import Any, Callable
 
 import attrs
 
-from cgraph.cuda import state as _state, callbacks
-from cgraph.cuda.device import require_device
+from cgraph.core.checks import check_int
+from cgraph.core.errors import (ArgumentError, ArgumentTypeError, CaptureError, GraphClosedError,
+                                NestedCaptureError, StateError)
 from cgraph.core.tree import array_leaves
-from cgraph.cuda.graph import _end_quietly, _validate_capture_stream, graph_node_count
-from cgraph.core.errors import CaptureError, GraphClosedError
+from cgraph.cuda import callbacks
+from cgraph.cuda import state as _state
+from cgraph.cuda.device import require_device
+from cgraph.cuda.graph import node_count
 from cgraph.cuda.pool import GraphPool
-from cgraph.cuda.runner import _Runner
+from cgraph.cuda.runner import Runner
+from cgraph.cuda.session import CaptureSession, check_capture_stream
 
 
 @attrs.frozen
@@ -69,11 +73,12 @@ class BreakableCapture:
     def __init__(self, stream: Any = None, pool: GraphPool | None = None, name: str = "breakable") -> None:
         self._cp = require_device()
         if pool is not None and not isinstance(pool, GraphPool):
-            raise TypeError(f"pool must be a GraphPool or None, got {type(pool).__name__}")
+            raise ArgumentTypeError(f"pool must be a GraphPool or None, got {type(pool).__name__}")
+        if stream is not None:
+            check_capture_stream(stream)
         self._owns_pool = pool is None
         self._pool = GraphPool() if pool is None else pool
-        self._stream = self._pool.stream if stream is None else stream
-        _validate_capture_stream(self._stream)
+        self._stream = stream
         self.name = name
         self.outputs: Any = None
         self.capture_seconds = 0.0
@@ -82,46 +87,40 @@ class BreakableCapture:
         self._pending: list[Callable[[], Any]] = []
         self._keep: list[Any] = []
         self._graphs: list[Any] = []
-        self._state: _state.ActiveCapture | None = None
-        self._exits: list[Any] = []
+        self._session: CaptureSession | None = None
         self._recorded = False
         self._closed = False
-        self._pool._register(self)
+        self._pool.track(self)
 
     # --- recording ----------------------------------------------------------------------
     def __enter__(self) -> "BreakableCapture":
-        if self._recorded or self._state is not None:
-            raise RuntimeError(
-                f"BreakableCapture {self.name!r} has already recorded; create a new one to capture again"
-            )
-        if self._closed:
-            raise GraphClosedError(f"BreakableCapture {self.name!r} was closed")
-        state = _state.ActiveCapture(kind="breakable", name=self.name, owner=self)
-        _state.enter(state)
-        self._state = state
+        session = self._open()
         try:
-            caller = self._cp.cuda.get_current_stream()
-            self._caller = caller
-            self._stream.wait_event(caller.record())
-            for ctx in (self._stream, self._pool.allocating()):
-                ctx.__enter__()
-                self._exits.append(ctx)
-            self._started = time.perf_counter()
-            self._begin()
+            session.begin()
         except BaseException:
-            self._unwind()
+            self._abandon()
             raise
         return self
 
-    def _begin(self) -> None:
-        self._stream.begin_capture()
+    def _open(self) -> CaptureSession:
+        if self._closed:
+            raise GraphClosedError(f"BreakableCapture {self.name!r} was closed; create a new one")
+        if self._recorded or self._session is not None:
+            raise StateError(
+                f"BreakableCapture {self.name!r} has already recorded; create a new one to capture again"
+            )
+        session = CaptureSession(self.name, self._pool, stream=self._stream, kind="breakable", owner=self)
+        session.__enter__()
+        self._session = session
+        return session
 
     def _end_segment(self) -> None:
-        graph = self._stream.end_capture()
-        nodes = graph_node_count(graph)
+        session = self._session
+        graph = session.end()
+        nodes = node_count(graph)
         if nodes == 0:
             return  # nothing was launched since the last break: keep no graph
-        graph.upload(self._stream)
+        graph.upload(session.stream)
         self._graphs.append(graph)
         self._segments.append(Segment("graph", f"{self.name}:segment{len(self._graphs)}", nodes))
         self._pending.append(graph.launch)
@@ -132,28 +131,28 @@ class BreakableCapture:
         Returns fn's capture-time result. Replays call fn again with the same arguments
         and ignore its result, so fn must write into the arrays it is given.
         """
-        state = _state.active()
-        if state is None or state.owner is not self:
-            raise RuntimeError(
+        session = self._session
+        if session is None or _state.active() is not session.state:
+            raise StateError(
                 f"add_eager called outside `with` of BreakableCapture {self.name!r} "
                 "(or from another thread); call it inside the capture block"
             )
         if not callable(fn):
-            raise TypeError(f"add_eager needs a callable, got {type(fn).__name__} {fn!r}")
+            raise ArgumentTypeError(f"add_eager needs a callable, got {type(fn).__name__} {fn!r}")
         self._end_segment()
         label = getattr(fn, "__qualname__", repr(fn))
         tracker = _Tracker(self._cp.get_default_memory_pool().malloc)
-        state.in_break = True
+        session.state.in_break = True
         try:
             # Breaks allocate as they will at replay (outside the graph pool); tracked so a
             # returned new array is caught now rather than read stale on every replay.
             with self._cp.cuda.using_allocator(tracker):
                 result = fn(*args, **kwargs)
         finally:
-            state.in_break = False
+            session.state.in_break = False
         for path, arr in array_leaves(result):
             if tracker.owns(arr.data.ptr):
-                raise ValueError(
+                raise ArgumentError(
                     f"eager break {label!r} returned a new array (result{path}, shape {arr.shape}) "
                     "during capture; its address changes on every replay, so later segments would "
                     "read stale memory. Write into a caller-provided output, or decorate with "
@@ -162,30 +161,34 @@ class BreakableCapture:
         self._segments.append(Segment("eager", label))
         self._keep.append((fn, args, kwargs))
         self._pending.append(functools.partial(fn, *args, **kwargs))
-        self._begin()
+        session.begin()
         return result
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         try:
             if exc_type is None:
                 self._end_segment()
-            else:
-                _end_quietly(self._stream)
         except BaseException:
-            self._discard()
-            self._unwind()
+            self._abandon()
             raise
         if exc_type is not None:
-            self._discard()
-            self._unwind()
+            self._abandon()
             return False
-        self.capture_seconds = time.perf_counter() - self._started
+        session, self._session = self._session, None
+        session.__exit__(None, None, None)
+        self.capture_seconds = session.capture_seconds
         self._steps = tuple(self._pending)
-        self._keep.extend(self._state.keepalive)
+        self._keep.extend(session.keepalive)
         self._pending = []
         self._recorded = True
-        self._unwind()
         return False
+
+    def _abandon(self) -> None:
+        """End the session of a recording that failed and drop what it recorded."""
+        self._discard()
+        session, self._session = self._session, None
+        if session is not None:
+            session.__exit__(None, None, None)
 
     def _discard(self) -> None:
         self._graphs.clear()
@@ -193,25 +196,15 @@ class BreakableCapture:
         self._pending.clear()
         self._keep.clear()
 
-    def _unwind(self) -> None:
-        while self._exits:
-            self._exits.pop().__exit__(None, None, None)
-        if self._state is not None and _state.active() is self._state:
-            _state.leave()
-        self._state = None
-        caller = getattr(self, "_caller", None)
-        if caller is not None:
-            caller.wait_event(self._stream.record())
-
     # --- replay and introspection -------------------------------------------------------
     def replay(self) -> Any:
         """Run every segment graph and break in order on the current stream; return `outputs`."""
         if not self._recorded:
-            raise RuntimeError(
-                f"BreakableCapture {self.name!r} has nothing to replay: "
-                + ("it was closed" if self._closed else "record it with `with cap:` first")
-            )
-        if callbacks._pending:
+            if self._closed:
+                raise GraphClosedError(f"BreakableCapture {self.name!r} was closed; record a new one")
+            raise StateError(f"BreakableCapture {self.name!r} has nothing to replay: record it "
+                             "with `with cap:` first")
+        if callbacks.pending():
             callbacks.check_callbacks()
         for step in self._steps:
             step()
@@ -238,6 +231,10 @@ class BreakableCapture:
     def pool(self) -> GraphPool:
         return self._pool
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Drop the graphs and everything kept for replays (and the pool, if owned)."""
         if self._closed:
@@ -255,13 +252,54 @@ class BreakableCapture:
         return f"BreakableCapture(graphs={self.num_graphs}, eager_breaks={self.num_breaks})"
 
 
+def capture_breakable(fn: Callable[..., Any], *args: Any, pool: GraphPool | None = None,
+                      stream: Any = None, warmup: int = 1, name: str | None = None,
+                      **kwargs: Any) -> BreakableCapture:
+    """capture()'s contract for a function with eager breaks: a recorded BreakableCapture.
+
+    fn runs `warmup` times eagerly on the capture stream and pool (breaks run inline),
+    then once under capture, split at its breaks; its return value becomes `outputs`,
+    and the capture keeps fn and its arguments alive. A failure raises CaptureError
+    naming the phase; nothing is left capturing.
+    """
+    if not callable(fn):
+        raise ArgumentTypeError(f"capture_breakable needs a callable, got {type(fn).__name__} {fn!r}")
+    warmup = check_int(warmup, "warmup", 0, hint="use 0 to skip warm-up")
+    name = name or getattr(fn, "__qualname__", None) or repr(fn)
+    cap = BreakableCapture(stream=stream, pool=pool, name=name)
+    phase = "warm-up"
+    try:
+        session = cap._open()
+        session.warm_up(fn, args, kwargs, warmup)
+        phase = "capture"
+        session.begin()
+        try:
+            outputs = fn(*args, **kwargs)
+        except BaseException as exc:
+            cap.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        cap.__exit__(None, None, None)
+    except Exception as exc:
+        cap._abandon()
+        cap.close()
+        if isinstance(exc, NestedCaptureError):
+            raise
+        raise CaptureError(
+            f"capturing breakable graph {name!r} failed during {phase}: {type(exc).__name__}: "
+            f"{exc}. The stream is no longer capturing and nothing was kept."
+        ) from exc
+    cap.outputs = outputs
+    cap._keep.append((fn, args, kwargs))
+    return cap
+
+
 def eager_break(fn: Callable[..., Any] | None = None, *, copy_into: str | None = None) -> Any:
     """Mark a function as an eager break.
 
     Outside any capture it just runs. Inside a BreakableCapture it becomes a break (see
     BreakableCapture.add_eager). Inside a plain capture (FULL) it is captured like any
     other op, so one model runs FULL or PIECEWISE unchanged. Called from inside another
-    break it runs inline: nested decorated ops make one break, not two.
+    break, or during a warm-up run, it runs inline.
 
     copy_into: the name of an argument holding a static output; the function's returned
     array is copied into it on every call (capture and replay), and that argument is
@@ -270,12 +308,12 @@ def eager_break(fn: Callable[..., Any] | None = None, *, copy_into: str | None =
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(f):
-            raise TypeError(f"eager_break decorates a callable, got {type(f).__name__} {f!r}")
+            raise ArgumentTypeError(f"eager_break decorates a callable, got {type(f).__name__} {f!r}")
         body = f
         if copy_into is not None:
             signature = inspect.signature(f)
             if copy_into not in signature.parameters:
-                raise ValueError(
+                raise ArgumentError(
                     f"copy_into={copy_into!r} is not a parameter of {f.__qualname__}{signature}; "
                     "name the argument that holds the static output"
                 )
@@ -290,7 +328,7 @@ def eager_break(fn: Callable[..., Any] | None = None, *, copy_into: str | None =
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             state = _state.active()
-            if state is None or state.kind != "breakable" or state.in_break:
+            if state is None or state.kind != "breakable" or not state.recording or state.in_break:
                 return body(*args, **kwargs)
             return state.owner.add_eager(body, *args, **kwargs)
 
@@ -300,7 +338,7 @@ def eager_break(fn: Callable[..., Any] | None = None, *, copy_into: str | None =
     return decorate(fn) if fn is not None else decorate
 
 
-class BreakableRunner(_Runner):
+class BreakableRunner(Runner):
     """GraphRunner's contract, capturing one BreakableCapture per descriptor.
 
     The usual runtime mode is PIECEWISE (breaks at attention); FULL is accepted too, with
@@ -308,22 +346,4 @@ class BreakableRunner(_Runner):
     the same buffers, to bisect a graph bug.
     """
 
-    def _capture_entry(self, descriptor: Any, args: tuple, kwargs: dict) -> BreakableCapture:
-        name = f"{self.name}[{self.mode.name} {descriptor}]"
-        phase = "warm-up"
-        try:
-            with self.pool.allocating():
-                for _ in range(self.warmup):
-                    self.fn(*args, **kwargs)
-            phase = "capture"
-            cap = BreakableCapture(pool=self.pool, name=name)
-            with cap:
-                outputs = self.fn(*args, **kwargs)
-        except Exception as exc:
-            raise CaptureError(
-                f"capturing breakable graph {name!r} failed during {phase}: "
-                f"{type(exc).__name__}: {exc}. The stream is no longer capturing and nothing was kept."
-            ) from exc
-        cap.outputs = outputs
-        cap._keep.append((self.fn, args, kwargs))
-        return cap
+    capture_function = staticmethod(capture_breakable)

@@ -13,6 +13,7 @@ import os
 from typing import Any, Mapping
 
 from cgraph.cuda.device import require_device
+from cgraph.core.errors import ArgumentError, ArgumentTypeError, NotFoundError
 
 
 def _debug_default() -> bool:
@@ -33,7 +34,7 @@ class StaticBuffers:
         self._cp = cp
         self._debug = _debug_default() if debug is None else bool(debug)
         if not isinstance(specs, Mapping) or not specs:
-            raise ValueError(
+            raise ArgumentError(
                 f"specs must be a non-empty mapping name -> (shape, dtype), got {specs!r}"
             )
         arrays = {}
@@ -42,11 +43,11 @@ class StaticBuffers:
                 shape, dtype = spec
                 shape = tuple(int(d) for d in shape)
             except (TypeError, ValueError) as exc:
-                raise ValueError(
+                raise ArgumentError(
                     f"buffer {name!r}: spec must be (shape, dtype), got {spec!r}"
                 ) from exc
             if not shape or any(d < 1 for d in shape):
-                raise ValueError(f"buffer {name!r}: shape must have positive sizes, got {shape}")
+                raise ArgumentError(f"buffer {name!r}: shape must have positive sizes, got {shape}")
             arr = cp.empty(shape, dtype=dtype)
             self._pad(arr, None)
             arrays[name] = arr
@@ -72,7 +73,7 @@ class StaticBuffers:
         try:
             return self._arrays[name]
         except KeyError:
-            raise KeyError(
+            raise NotFoundError(
                 f"no static buffer named {name!r}; the buffers are {sorted(self._arrays)}"
             ) from None
 
@@ -83,7 +84,7 @@ class StaticBuffers:
         """The first `rows` rows of buffer `name` (same memory, contiguous)."""
         arr = self[name]
         if not 0 < rows <= arr.shape[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"buffer {name!r}: rows must be in 1..{arr.shape[0]}, got {rows}; "
                 "allocate the buffers for the largest padded size"
             )
@@ -103,25 +104,25 @@ class StaticBuffers:
         cp = self._cp
         n = int(src.shape[0]) if getattr(src, "ndim", 0) else 0
         if getattr(src, "ndim", None) != arr.ndim or tuple(src.shape[1:]) != arr.shape[1:]:
-            raise ValueError(
+            raise ArgumentError(
                 f"buffer {name!r} holds rows of shape {arr.shape[1:]}, got an array of shape "
                 f"{getattr(src, 'shape', None)}; reshape the input to (rows, *{arr.shape[1:]})"
             )
         if src.dtype != arr.dtype:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"buffer {name!r} has dtype {arr.dtype}, got {src.dtype}; convert with "
                 f".astype({arr.dtype.name!r}) before filling"
             )
         padded = n if padded_rows is None else int(padded_rows)
         if not n <= padded <= arr.shape[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"buffer {name!r}: need rows ({n}) <= padded_rows ({padded}) <= capacity "
                 f"({arr.shape[0]}); pad to a captured size no larger than the buffers"
             )
         if n:
             if isinstance(src, cp.ndarray):
                 if src.device.id != arr.device.id:
-                    raise ValueError(
+                    raise ArgumentError(
                         f"buffer {name!r} lives on device {arr.device.id}, the input on "
                         f"device {src.device.id}; move it with cupy.asarray under that device"
                     )

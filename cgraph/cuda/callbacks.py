@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from cgraph.cuda import state as _state
 from cgraph.cuda.device import cupy
-from cgraph.core.errors import HostCallbackError
+from cgraph.core.errors import ArgumentTypeError, HostCallbackError
 
 _lock = threading.Lock()
 _pending: list[tuple[str, BaseException]] = []
@@ -61,7 +61,7 @@ def host_callback(fn: Callable[..., Any], *args: Any, stream: Any = None) -> Non
     fn and args alive for as long as the graph can run. fn must not call CUDA.
     """
     if not callable(fn):
-        raise TypeError(f"host_callback needs a callable, got {type(fn).__name__} {fn!r}")
+        raise ArgumentTypeError(f"host_callback needs a callable, got {type(fn).__name__} {fn!r}")
     check_callbacks()
     cp = cupy()
     packed = (getattr(fn, "__qualname__", repr(fn)), fn, args)

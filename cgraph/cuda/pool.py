@@ -1,12 +1,12 @@
 """GraphPool: device memory that only captured graphs use.
 
-CuPy graphs hold no reference to the memory they touch (see the capture notes). A
-GraphPool is a private CuPy ``MemoryPool`` plus the non-blocking stream that captures
-into it. Allocations made while capturing come from here, so outside code can never be
-handed memory a graph reads or writes. Several graphs may share one pool as long as they
-never run at the same time (replays on one stream never do); capturing the largest graph
-first lets the smaller ones reuse its freed temporaries, so the pool ends up near the
-size of the largest graph rather than the sum of all of them.
+CuPy graphs hold no reference to the memory they touch. A GraphPool is a private CuPy
+``MemoryPool`` plus the non-blocking stream that captures into it. Allocations made while
+capturing come from here, so outside code can never be handed memory a graph reads or
+writes. Several graphs may share one pool as long as they never run at the same time
+(replays on one stream never do); capturing the largest graph first lets the smaller ones
+reuse its freed temporaries, so the pool ends up near the size of the largest graph
+rather than the sum of all of them.
 """
 
 from __future__ import annotations
@@ -15,23 +15,29 @@ import contextlib
 import weakref
 from typing import Any, Iterator
 
-from cgraph.cuda.device import require_device
+from cgraph.core.checks import check_int
 from cgraph.core.errors import GraphClosedError
+from cgraph.cuda.device import require_device
 
 
 class GraphPool:
     """A private memory pool and capture stream shared by graphs that never run concurrently.
 
     The pool stays alive while any graph captured into it is alive (graphs keep a
-    reference). ``close()`` closes every graph captured into the pool, then returns the
-    pool's memory to the device.
+    reference). ``limit_bytes`` caps what the pool may take from the device (None: no
+    cap); an allocation past it fails, so a capture that would exceed it raises
+    CaptureError and leaves nothing behind. ``close()`` closes every graph captured into
+    the pool, then returns the pool's memory to the device.
     """
 
     __slots__ = ("_pool", "_stream", "_graphs", "_closed", "__weakref__")
 
-    def __init__(self) -> None:
+    def __init__(self, *, limit_bytes: int | None = None) -> None:
         cp = require_device()
         self._pool = cp.cuda.MemoryPool()
+        if limit_bytes is not None:
+            self._pool.set_limit(size=check_int(limit_bytes, "limit_bytes", 1,
+                                                hint="or None for no limit"))
         # Memory freed by one capture is reusable only by allocations on the same stream
         # (CuPy's arenas are per stream), so every capture into this pool uses this stream.
         self._stream = cp.cuda.Stream(non_blocking=True)
@@ -41,12 +47,18 @@ class GraphPool:
     @property
     def stream(self) -> Any:
         """The non-blocking stream captures into this pool run on."""
-        self._check_open()
+        self.ensure_open()
         return self._stream
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def limit_bytes(self) -> int | None:
+        """The cap on the pool's device memory, or None."""
+        limit = 0 if self._closed else int(self._pool.get_limit())
+        return limit or None
 
     def total_bytes(self) -> int:
         """Bytes the pool holds from the device (in use plus cached)."""
@@ -59,13 +71,20 @@ class GraphPool:
     @contextlib.contextmanager
     def allocating(self) -> Iterator[None]:
         """Route this thread's CuPy allocations to the pool for the duration."""
-        self._check_open()
+        self.ensure_open()
         cp = require_device()
         with cp.cuda.using_allocator(self._pool.malloc):
             yield
 
-    def _register(self, graph: Any) -> None:
+    def track(self, graph: Any) -> None:
+        """Remember a graph captured into this pool, so close() can close it first."""
+        self.ensure_open()
         self._graphs.add(graph)
+
+    def release_cached(self) -> None:
+        """Return cached blocks no live array holds to the device (graphs keep theirs)."""
+        if not self._closed:
+            self._pool.free_all_blocks()
 
     def close(self) -> None:
         """Close every graph captured into this pool, then free the pool's memory. Idempotent."""
@@ -79,7 +98,8 @@ class GraphPool:
         require_device().cuda.Device().synchronize()
         self._pool.free_all_blocks()
 
-    def _check_open(self) -> None:
+    def ensure_open(self) -> None:
+        """Raise GraphClosedError if the pool was closed."""
         if self._closed:
             raise GraphClosedError(
                 "this GraphPool was closed; create a new GraphPool() and capture again"

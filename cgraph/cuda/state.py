@@ -1,7 +1,8 @@
-"""The one piece of hidden state: this thread's active capture, if any.
+"""The one piece of hidden state: this thread's active capture session, if any.
 
 Kept thread-local so two threads can capture on their own streams at once, and so code
-in another thread never mistakes itself for being inside someone else's capture.
+in another thread never mistakes itself for being inside someone else's capture. Only
+cgraph.cuda.session enters and leaves it; other modules read it with :func:`active`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from cgraph.core.errors import NestedCaptureError
+
 
 @attrs.define(slots=True)
 class ActiveCapture:
@@ -18,12 +21,17 @@ class ActiveCapture:
 
     kind: "full" for a plain capture (everything goes into one graph, breaks included),
     "breakable" for a BreakableCapture (decorated breaks end the segment).
+    owner: the BreakableCapture that eager breaks hand themselves to.
+    recording: False while the function warms up (breaks and callbacks run inline),
+    True once stream capture has begun.
     keepalive: objects replays need alive (host callback closures and their arguments).
+    in_break: an eager break is running (decorated calls inside it run inline).
     """
 
     kind: str
     name: str
     owner: Any = None
+    recording: bool = False
     keepalive: list = attrs.field(factory=list)
     in_break: bool = False
 
@@ -37,8 +45,7 @@ def active() -> ActiveCapture | None:
 
 
 def enter(state: ActiveCapture) -> None:
-    from cgraph.core.errors import NestedCaptureError
-
+    """Make ``state`` this thread's active capture; raises NestedCaptureError if one is active."""
     current = active()
     if current is not None:
         raise NestedCaptureError(
@@ -49,5 +56,7 @@ def enter(state: ActiveCapture) -> None:
     _local.capture = state
 
 
-def leave() -> None:
-    _local.capture = None
+def leave(state: ActiveCapture) -> None:
+    """End ``state`` if it is still this thread's active capture."""
+    if active() is state:
+        _local.capture = None

@@ -20,6 +20,7 @@ from cgraph.bench.report import device_name, markdown_table
 from cgraph.engine.workload import demo_max_seq_len, serving_config, synthetic_requests
 from cgraph.models.config import demo_config
 from cgraph.core.modes import GraphMode
+from cgraph.core.errors import ArgumentError
 
 ALL_MODES = ("none", "full", "piecewise", "full_decode_only", "full_and_piecewise")
 
@@ -42,7 +43,7 @@ def run_gpu_demo(args: Any) -> int:
     seqs, budget = get("max_num_seqs", 32), get("max_num_batched_tokens", 1024)
     seed = get("seed", 0)
     if max_prompt > budget:
-        raise ValueError(f"--max-prompt {max_prompt} exceeds --max-num-batched-tokens {budget}: a "
+        raise ArgumentError(f"--max-prompt {max_prompt} exceeds --max-num-batched-tokens {budget}: a "
                          "prompt is prefilled in one step; raise the budget or shorten prompts")
     max_seq = demo_max_seq_len(max_prompt, new_tokens)
     cfg = demo_config(get("layers", 4), get("hidden", 512), max_seq_len=max_seq)

@@ -1,5 +1,10 @@
 """EncoderGraphManager: one captured encoder graph per token budget, greedy packing, eager fallback.
 
+The manager is a client of the decoder's machinery: its budgets are the capture sizes of
+a FULL GraphConfig, `cgraph.dispatch` maps a batch's token total to its budget's
+descriptor, and a GraphRunner captures (capture_all, largest first) and replays
+`model.forward` per descriptor.
+
 Workflow:
 1. At construction, static buffers (patches, positions, cu_seqlens) are allocated once for
    the largest budget, and one graph per budget is captured, largest first, on prefix
@@ -24,10 +29,19 @@ from typing import Any
 import attrs
 import numpy as np
 
-from cgraph.cuda.device import require_device
-from cgraph.core.encoder_config import EncoderGraphConfig
-from cgraph.encoder.model import MERGE_PATCHES, VisionEncoder
 from cgraph.core.budgets import EncoderBatch, plan_batches
+from cgraph.core.config import GraphConfig
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.dispatch import build_dispatch_table, dispatch
+from cgraph.core.encoder_config import EncoderGraphConfig
+from cgraph.core.modes import GraphMode
+from cgraph.cuda.buffers import StaticBuffers
+from cgraph.cuda.device import require_device
+from cgraph.cuda.pool import GraphPool
+from cgraph.cuda.runner import GraphRunner
+from cgraph.cuda.tables import capture_all
+from cgraph.encoder.model import MERGE_PATCHES, VisionEncoder
+from cgraph.core.errors import ArgumentTypeError, GraphClosedError, NotFoundError
 
 
 @attrs.frozen
@@ -69,17 +83,13 @@ class EncoderGraphManager:
         model: VisionEncoder,
         budgets: Sequence[int],
         max_batch_size: int,
-        pool: Any = None,
+        pool: GraphPool | None = None,
         *,
         debug: bool | None = None,
     ) -> None:
         cp = require_device()
-        from cgraph.cuda.buffers import StaticBuffers  # noqa: PLC0415 - GPU layer
-        from cgraph.cuda.graph import capture  # noqa: PLC0415
-        from cgraph.cuda.pool import GraphPool  # noqa: PLC0415
-
         if not isinstance(model, VisionEncoder):
-            raise TypeError(f"model must be a VisionEncoder, got {type(model).__name__}")
+            raise ArgumentTypeError(f"model must be a VisionEncoder, got {type(model).__name__}")
         self.config = EncoderGraphConfig(tuple(budgets), max_batch_size)
         self.model = model
         self._cp = cp
@@ -94,25 +104,30 @@ class EncoderGraphManager:
             },
             debug=debug,
         )
-        self._graphs: dict[int, Any] = {}
+        # budgets are capture sizes: dispatch pads a batch's tokens to its budget's key
+        self.table = build_dispatch_table(GraphConfig(
+            GraphMode.FULL, capture_sizes=self.config.budgets, max_num_seqs=self.config.max_batch_size,
+            max_num_batched_tokens=self.config.max_budget))
+        self.runner = GraphRunner(model.forward, GraphMode.FULL, pool=self.pool, debug=debug,
+                                  name="encoder")
+        self._inputs: dict[BatchDescriptor, tuple] = {}
         self._hits = self._misses = self._graph_tokens = self._padded_tokens = 0
         self._replays = {b: 0 for b in self.config.budgets}
         try:
-            # largest first: later, smaller graphs reuse the pool memory the largest grew
-            for budget in reversed(self.config.budgets):
-                rows = budget * MERGE_PATCHES
-                self._graphs[budget] = capture(
-                    model.forward,
-                    self.buffers.view("patches", rows),
-                    self.buffers.view("positions", rows),
-                    self.buffers["cu_seqlens"],
-                    rows,
-                    pool=self.pool,
-                    name=f"encoder[budget={budget}]",
-                )
+            capture_all(self.runner, self.table, self._inputs_for, progress=False)
         except BaseException:
             self.close()
             raise
+
+    def _inputs_for(self, descriptor: BatchDescriptor) -> tuple:
+        """model.forward's arguments for a budget: prefix views of the static buffers."""
+        args = self._inputs.get(descriptor)
+        if args is None:
+            rows = descriptor.num_tokens * MERGE_PATCHES
+            args = self._inputs[descriptor] = (self.buffers.view("patches", rows),
+                                               self.buffers.view("positions", rows),
+                                               self.buffers["cu_seqlens"], rows)
+        return args
 
     # ------------------------------------------------------------------ info
     @property
@@ -121,10 +136,9 @@ class EncoderGraphManager:
 
     def graph(self, budget: int) -> Any:
         """The CapturedGraph for `budget` (for inspection: num_nodes, dot(), pool_bytes)."""
-        try:
-            return self._graphs[budget]
-        except KeyError:
-            raise KeyError(f"no graph for budget {budget}; budgets are {self.budgets}") from None
+        if budget not in self._replays:
+            raise NotFoundError(f"no graph for budget {budget}; budgets are {self.budgets}")
+        return self.runner.entry(dispatch(self.table, budget)[1])
 
     @property
     def stats(self) -> EncoderStats:
@@ -148,10 +162,10 @@ class EncoderGraphManager:
 
         The arrays are private copies (never graph memory): later calls do not change them.
         """
-        if not self._graphs:
-            raise RuntimeError("this EncoderGraphManager was closed; create a new one")
+        if self.runner.closed:
+            raise GraphClosedError("this EncoderGraphManager was closed; create a new one")
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-            raise TypeError(f"images must be a list of arrays, got {type(images).__name__}")
+            raise ArgumentTypeError(f"images must be a list of arrays, got {type(images).__name__}")
         items = [self.model.prepare(im) for im in images]
         plan = plan_batches([it.tokens for it in items], self.budgets, self.config.max_batch_size)
         outputs: list[Any] = [None] * len(items)
@@ -201,7 +215,8 @@ class EncoderGraphManager:
         bufs.fill("patches", patches, rows)
         bufs.fill("positions", positions, rows)
         bufs.fill("cu_seqlens", cu_seqlens)
-        out = self._graphs[batch.budget].replay()
+        mode, desc = dispatch(self.table, batch.tokens)
+        out = self.runner.run(mode, desc, *self._inputs_for(desc))
         start = 0
         for i, m in zip(batch.items, members):
             outputs[i] = out[start : start + m.tokens].copy()  # graph memory is reused next replay
@@ -213,9 +228,7 @@ class EncoderGraphManager:
 
     def close(self) -> None:
         """Release the graphs (and the pool when this manager created it). Idempotent."""
-        for g in self._graphs.values():
-            g.close()
-        self._graphs = {}
+        self.runner.close()
         if self._owns_pool and self.pool is not None and not self.pool.closed:
             self.pool.close()
 
@@ -228,5 +241,5 @@ class EncoderGraphManager:
     def __repr__(self) -> str:
         return (
             f"EncoderGraphManager(budgets={self.budgets}, max_batch_size="
-            f"{self.config.max_batch_size}, graphs={len(self._graphs)})"
+            f"{self.config.max_batch_size}, graphs={len(self.runner)})"
         )

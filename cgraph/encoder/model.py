@@ -23,6 +23,7 @@ import attrs
 import numpy as np
 
 from cgraph.cuda.device import require_device
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 MERGE = 2  # 2x2 patch merger
 MERGE_PATCHES = MERGE * MERGE
@@ -36,7 +37,7 @@ def _row_chunks(rows: int):
 
 def _positive(_inst: Any, attr: attrs.Attribute, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"EncoderSpec.{attr.name} must be a positive int, got {value!r}")
+        raise ArgumentError(f"EncoderSpec.{attr.name} must be a positive int, got {value!r}")
 
 
 @attrs.frozen
@@ -56,11 +57,11 @@ class EncoderSpec:
 
     def __attrs_post_init__(self) -> None:
         if self.hidden % self.heads:
-            raise ValueError(
+            raise ArgumentError(
                 f"hidden ({self.hidden}) must be divisible by heads ({self.heads})"
             )
         if self.max_grid % MERGE:
-            raise ValueError(f"max_grid ({self.max_grid}) must be even (2x2 merger)")
+            raise ArgumentError(f"max_grid ({self.max_grid}) must be even (2x2 merger)")
 
     @property
     def head_dim(self) -> int:
@@ -110,9 +111,9 @@ class VisionEncoder:
     def __init__(self, spec: EncoderSpec | None = None, *, seed: int = 0, dtype: str = "float16") -> None:
         self.spec = spec if spec is not None else EncoderSpec()
         if not isinstance(self.spec, EncoderSpec):
-            raise TypeError(f"spec must be an EncoderSpec, got {type(spec).__name__}")
+            raise ArgumentTypeError(f"spec must be an EncoderSpec, got {type(spec).__name__}")
         if dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"dtype must be 'float16' or 'bfloat16', got {dtype!r}")
+            raise ArgumentError(f"dtype must be 'float16' or 'bfloat16', got {dtype!r}")
         cp = require_device()
         import cgraph.kernels as K  # noqa: PLC0415 - GPU layer, loaded with the model
 
@@ -158,17 +159,17 @@ class VisionEncoder:
         cp, s = self._cp, self.spec
         shape = getattr(image, "shape", None)
         if shape is None or len(shape) != 3:
-            raise ValueError(f"an image must be an array [C, H, W], got shape {shape}")
+            raise ArgumentError(f"an image must be an array [C, H, W], got shape {shape}")
         c, h, wd = (int(d) for d in shape)
         step = s.patch * MERGE
         if c != s.channels or h % step or wd % step or h == 0 or wd == 0:
-            raise ValueError(
+            raise ArgumentError(
                 f"image of shape {tuple(shape)} does not fit the encoder: need {s.channels} "
                 f"channels and H, W positive multiples of 2 * patch = {step}; resize or pad it"
             )
         rows, cols = h // s.patch, wd // s.patch
         if rows > s.max_grid or cols > s.max_grid:
-            raise ValueError(
+            raise ArgumentError(
                 f"image of shape {tuple(shape)} has a {rows}x{cols} patch grid; the position "
                 f"table holds at most {s.max_grid}x{s.max_grid} (EncoderSpec.max_grid)"
             )
@@ -191,7 +192,7 @@ class VisionEncoder:
         cp, K, s = self._cp, self._K, self.spec
         t = patches.shape[0]
         if t % MERGE_PATCHES:
-            raise ValueError(f"patch rows ({t}) must be a multiple of {MERGE_PATCHES} (2x2 merger)")
+            raise ArgumentError(f"patch rows ({t}) must be a multiple of {MERGE_PATCHES} (2x2 merger)")
         dt = self.dtype
         hd, nh = s.head_dim, s.heads
         x = K.patch_embed(patches, self.patch_w, out=cp.empty((t, s.hidden), dt), bias=self.patch_b)
@@ -252,4 +253,4 @@ def _bf16(cp: Any) -> Any:
 
         return cp.dtype(ml_dtypes.bfloat16)
     except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise ValueError("bfloat16 needs the ml_dtypes package; use dtype='float16'") from exc
+        raise ArgumentError("bfloat16 needs the ml_dtypes package; use dtype='float16'") from exc

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from cgraph.core.errors import ArgumentError
+
 
 def mixed_grids(n: int, min_tokens: int, max_tokens: int, *, seed: int = 0,
                 max_side: int | None = None) -> tuple[tuple[int, int], ...]:
@@ -19,7 +21,7 @@ def mixed_grids(n: int, min_tokens: int, max_tokens: int, *, seed: int = 0,
     (default: max_tokens). Sizes are rounded, so counts land near, not on, the target.
     """
     if n < 0 or min_tokens < 1 or max_tokens < min_tokens:
-        raise ValueError(
+        raise ArgumentError(
             f"need n >= 0 and 1 <= min_tokens <= max_tokens, got n={n}, "
             f"min_tokens={min_tokens}, max_tokens={max_tokens}"
         )

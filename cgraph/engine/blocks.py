@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from cgraph.core.errors import ArgumentError, CapacityError
+
 BLOCK_SIZE = 16
 
 
@@ -17,7 +19,7 @@ class BlockAllocator:
 
     def __init__(self, num_blocks: int, block_size: int = BLOCK_SIZE) -> None:
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"BlockAllocator(num_blocks={num_blocks}, block_size={block_size}): "
+            raise ArgumentError(f"BlockAllocator(num_blocks={num_blocks}, block_size={block_size}): "
                              "both must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -35,7 +37,7 @@ class BlockAllocator:
         """Blocks for num_tokens entries; raises RuntimeError when the pool is short."""
         n = num_blocks_for(num_tokens, self.block_size)
         if n > len(self._free):
-            raise RuntimeError(f"KV cache has {len(self._free)} free blocks, {n} needed for "
+            raise CapacityError(f"KV cache has {len(self._free)} free blocks, {n} needed for "
                                f"{num_tokens} tokens; raise num_blocks or lower the load")
         blocks = tuple(self._free.pop() for _ in range(n))
         self._used.update(blocks)
@@ -44,6 +46,6 @@ class BlockAllocator:
     def free(self, blocks: Iterable[int]) -> None:
         for b in blocks:
             if b not in self._used:
-                raise ValueError(f"block {b} is not allocated (double free or foreign id)")
+                raise ArgumentError(f"block {b} is not allocated (double free or foreign id)")
             self._used.remove(b)
             self._free.append(b)

@@ -31,6 +31,7 @@ from cgraph.engine.scheduler import Request, ScheduledBatch, Scheduler
 from cgraph.engine.stats import StepRecord, summarize
 from cgraph.models.llama import ForwardInputs, LlamaModel, workspace_specs, workspace_views
 from cgraph.core.modes import GraphMode
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 
 @attrs.frozen
@@ -56,7 +57,7 @@ class Engine:
         import cupyx  # noqa: PLC0415 - GPU layer, imported at use
 
         if not isinstance(graph_config, GraphConfig):
-            raise TypeError(f"graph_config must be a GraphConfig, got {type(graph_config).__name__}")
+            raise ArgumentTypeError(f"graph_config must be a GraphConfig, got {type(graph_config).__name__}")
         from cgraph.cuda.breakable import BreakableRunner
         from cgraph.cuda.buffers import StaticBuffers
         from cgraph.cuda.pool import GraphPool
@@ -131,7 +132,7 @@ class Engine:
 
     def capture(self, *, progress: bool = True) -> list[Any]:
         """Capture every graph the config's dispatch table names (largest first, progress bar)."""
-        from cgraph.cuda.runner import capture_all
+        from cgraph.cuda.tables import capture_all
 
         self._inert_metadata()
         reports = []
@@ -182,10 +183,10 @@ class Engine:
         mcfg = self.model.cfg
         for r in requests:
             if r.kv_tokens > mcfg.max_seq_len:
-                raise ValueError(f"request {r.request_id!r}: prompt {len(r.prompt)} + "
+                raise ArgumentError(f"request {r.request_id!r}: prompt {len(r.prompt)} + "
                                  f"{r.max_new_tokens} new tokens exceeds max_seq_len={mcfg.max_seq_len}")
             if max(r.prompt) >= mcfg.vocab_size:
-                raise ValueError(f"request {r.request_id!r}: token id {max(r.prompt)} is outside the "
+                raise ArgumentError(f"request {r.request_id!r}: token id {max(r.prompt)} is outside the "
                                  f"vocabulary of {mcfg.vocab_size}")
         sched = Scheduler(max_num_seqs=self.max_seqs,
                           max_num_batched_tokens=self.config.max_num_batched_tokens,

@@ -17,6 +17,7 @@ import numpy as np
 
 from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
 from cgraph.engine.scheduler import ScheduledBatch
+from cgraph.core.errors import ArgumentError, NotFoundError
 
 
 @attrs.frozen(eq=False)
@@ -46,7 +47,7 @@ def build_metadata(batch: ScheduledBatch, *, num_tokens: int, num_seqs: int,
     qlens = np.fromiter((len(s.token_ids) for s in seqs), np.int32, n_seq)
     n_tok = int(qlens.sum())
     if n_tok > num_tokens or n_seq > num_seqs:
-        raise ValueError(f"batch of {n_tok} tokens / {n_seq} seqs does not fit padded sizes "
+        raise ArgumentError(f"batch of {n_tok} tokens / {n_seq} seqs does not fit padded sizes "
                          f"({num_tokens}, {num_seqs}); pad to at least the batch size")
     starts = np.fromiter((s.start for s in seqs), np.int32, n_seq)
     nblocks = np.fromiter((len(s.block_ids) for s in seqs), np.int32, n_seq)
@@ -55,7 +56,7 @@ def build_metadata(batch: ScheduledBatch, *, num_tokens: int, num_seqs: int,
     if short.size:
         s = seqs[int(short[0])]
         end = int(ends[short[0]])
-        raise ValueError(f"request {s.request_id!r}: {end} tokens need "
+        raise ArgumentError(f"request {s.request_id!r}: {end} tokens need "
                          f"{num_blocks_for(end, block_size)} blocks, it holds "
                          f"{len(s.block_ids)} (table width {max_blocks})")
     tables = np.zeros((num_seqs, max_blocks), np.int32)
@@ -113,7 +114,7 @@ class MetadataLayout:
             if f == name:
                 return off
             off += _align(self.capacity(f))
-        raise KeyError(f"unknown metadata field {name!r}; fields: {_FIELDS}")
+        raise NotFoundError(f"unknown metadata field {name!r}; fields: {_FIELDS}")
 
     @property
     def size(self) -> int:
@@ -126,7 +127,7 @@ class MetadataLayout:
     def slices(self, num_tokens: int, num_seqs: int) -> dict[str, tuple[slice, tuple[int, ...]]]:
         """For each field: (slice into the packed vector, shape) at the padded sizes."""
         if num_tokens > self.max_tokens or num_seqs > self.max_seqs:
-            raise ValueError(f"padded sizes ({num_tokens} tokens, {num_seqs} seqs) exceed the "
+            raise ArgumentError(f"padded sizes ({num_tokens} tokens, {num_seqs} seqs) exceed the "
                              f"layout's ({self.max_tokens}, {self.max_seqs})")
         rows = {"input_ids": (num_tokens,), "positions": (num_tokens,),
                 "slot_mapping": (num_tokens,), "logits_indices": (num_seqs,),
@@ -141,10 +142,10 @@ class MetadataLayout:
     def pack(self, meta: BatchMetadata, out: np.ndarray) -> int:
         """Write meta into the packed int32 vector `out`; return the prefix length used."""
         if out.dtype != np.int32 or out.shape != (self.size,):
-            raise ValueError(f"packed metadata must be int32 of shape ({self.size},), got "
+            raise ArgumentError(f"packed metadata must be int32 of shape ({self.size},), got "
                              f"{out.dtype} {out.shape}")
         if meta.block_tables.shape[1] != self.max_blocks:
-            raise ValueError(f"block table width {meta.block_tables.shape[1]} != layout's "
+            raise ArgumentError(f"block table width {meta.block_tables.shape[1]} != layout's "
                              f"{self.max_blocks}")
         n_tok, n_seq = meta.input_ids.shape[0], meta.seq_lens.shape[0]
         for name, (sl, shape) in self.slices(n_tok, n_seq).items():

@@ -20,6 +20,7 @@ from typing import Hashable, Sequence
 import attrs
 
 from cgraph.engine.blocks import BlockAllocator
+from cgraph.core.errors import ArgumentError, StateError
 
 
 def _token_tuple(value: Sequence[int]) -> tuple[int, ...]:
@@ -36,13 +37,13 @@ class Request:
 
     def __attrs_post_init__(self) -> None:
         if not self.prompt:
-            raise ValueError(f"request {self.request_id!r}: the prompt is empty; give at least one token")
+            raise ArgumentError(f"request {self.request_id!r}: the prompt is empty; give at least one token")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
                 or self.max_new_tokens < 1:
-            raise ValueError(f"request {self.request_id!r}: max_new_tokens={self.max_new_tokens!r}, "
+            raise ArgumentError(f"request {self.request_id!r}: max_new_tokens={self.max_new_tokens!r}, "
                              "expected an int >= 1")
         if min(self.prompt) < 0:
-            raise ValueError(f"request {self.request_id!r}: prompt has negative token ids")
+            raise ArgumentError(f"request {self.request_id!r}: prompt has negative token ids")
 
     @property
     def kv_tokens(self) -> int:
@@ -103,9 +104,9 @@ class Scheduler:
     def __init__(self, *, max_num_seqs: int, max_num_batched_tokens: int,
                  allocator: BlockAllocator) -> None:
         if max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs={max_num_seqs}: expected >= 1")
+            raise ArgumentError(f"max_num_seqs={max_num_seqs}: expected >= 1")
         if max_num_batched_tokens < max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} < max_num_seqs="
+            raise ArgumentError(f"max_num_batched_tokens={max_num_batched_tokens} < max_num_seqs="
                              f"{max_num_seqs}: every running sequence needs a token per step; "
                              "raise max_num_batched_tokens")
         self.max_num_seqs = max_num_seqs
@@ -120,14 +121,14 @@ class Scheduler:
     def add(self, request: Request) -> None:
         """Queue a request; raises ValueError if it could never be scheduled."""
         if request.request_id in self._ids:
-            raise ValueError(f"request id {request.request_id!r} is already in use")
+            raise ArgumentError(f"request id {request.request_id!r} is already in use")
         if len(request.prompt) > self.max_num_batched_tokens:
-            raise ValueError(f"request {request.request_id!r}: prompt of {len(request.prompt)} tokens "
+            raise ArgumentError(f"request {request.request_id!r}: prompt of {len(request.prompt)} tokens "
                              f"exceeds max_num_batched_tokens={self.max_num_batched_tokens} (prompts "
                              "are prefilled in one step); shorten it or raise the budget")
         need = -(-request.kv_tokens // self.allocator.block_size)
         if need > self.allocator.num_blocks:
-            raise ValueError(f"request {request.request_id!r} needs {need} KV blocks, the cache has "
+            raise ArgumentError(f"request {request.request_id!r} needs {need} KV blocks, the cache has "
                              f"{self.allocator.num_blocks}; enlarge the KV cache")
         self._ids.add(request.request_id)
         self._waiting.append(request)
@@ -147,7 +148,7 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         """The next step's batch, or None when no request is left."""
         if self._pending is not None:
-            raise RuntimeError("schedule() called twice without update(); feed back the sampled "
+            raise StateError("schedule() called twice without update(); feed back the sampled "
                                "tokens of the previous batch first")
         seqs = [ScheduledSeq(r.request.request_id, (r.output[-1],), r.num_computed, r.block_ids)
                 for r in self._running]
@@ -170,9 +171,9 @@ class Scheduler:
     def update(self, batch: ScheduledBatch, sampled: Sequence[int]) -> list[Hashable]:
         """Record each sequence's sampled token; return the ids that finished."""
         if batch is not self._pending:
-            raise RuntimeError("update() got a batch that is not the last scheduled one")
+            raise StateError("update() got a batch that is not the last scheduled one")
         if len(sampled) < len(batch.seqs):
-            raise ValueError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences")
+            raise ArgumentError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences")
         self._pending = None
         by_id = {r.request.request_id: r for r in self._running}
         done: list[Hashable] = []

@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 import attrs
 import numpy as np
 
+from cgraph.core.errors import ArgumentError
+
 
 @attrs.frozen
 class StepRecord:
@@ -32,7 +34,7 @@ def summarize(steps: Iterable[StepRecord], generated_tokens: int) -> dict[str, f
     """
     steps = list(steps)
     if not steps:
-        raise ValueError("summarize needs at least one step record")
+        raise ArgumentError("summarize needs at least one step record")
     total = sum(s.seconds for s in steps)
     decode = [s.seconds * 1e3 for s in steps if s.uniform]
     mixed = [s.seconds * 1e3 for s in steps if not s.uniform]

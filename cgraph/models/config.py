@@ -13,7 +13,7 @@ _DTYPES = ("float16", "bfloat16")
 
 def _positive(inst, attribute, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LlamaConfig.{attribute.name}={value!r}: expected a positive int")
+        raise ArgumentError(f"LlamaConfig.{attribute.name}={value!r}: expected a positive int")
 
 
 @attrs.frozen
@@ -38,15 +38,15 @@ class LlamaConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ArgumentError(
                 f"LlamaConfig: num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads}; choose num_kv_heads dividing num_heads")
         if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig.head_dim={self.head_dim}: rotary needs an even head_dim")
+            raise ArgumentError(f"LlamaConfig.head_dim={self.head_dim}: rotary needs an even head_dim")
         if self.dtype not in _DTYPES:
-            raise ValueError(f"LlamaConfig.dtype={self.dtype!r}: expected one of {_DTYPES}")
+            raise ArgumentError(f"LlamaConfig.dtype={self.dtype!r}: expected one of {_DTYPES}")
         if not self.rms_eps > 0 or not self.rope_base > 0:
-            raise ValueError(f"LlamaConfig: rms_eps={self.rms_eps} and rope_base={self.rope_base} "
+            raise ArgumentError(f"LlamaConfig: rms_eps={self.rms_eps} and rope_base={self.rope_base} "
                              "must be positive")
 
     @property

@@ -18,6 +18,8 @@ from typing import Mapping
 
 import numpy as np
 
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
+
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -33,7 +35,7 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # a larger header means a corrupt or foreign file
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(ArgumentError):
     """The file is not a valid safetensors file (the message says what is wrong)."""
 
 
@@ -97,7 +99,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray],
         dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         key = _NAMES.get(np.dtype(dt))
         if key is None:
-            raise TypeError(f"tensor {name!r} has dtype {arr.dtype}; safetensors writing supports "
+            raise ArgumentTypeError(f"tensor {name!r} has dtype {arr.dtype}; safetensors writing supports "
                             f"{sorted(str(d) for d in _DTYPES.values())}: cast it first")
         raw = arr.astype(dt.newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": key, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}

@@ -31,6 +31,7 @@ import numpy as np
 
 from cgraph.models.config import LlamaConfig
 from cgraph.models.safetensors import read_safetensors, write_safetensors
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -42,7 +43,7 @@ def host_dtype(cfg: LlamaConfig) -> np.dtype:
     try:
         import ml_dtypes  # noqa: PLC0415 - optional, only for bfloat16 models
     except ImportError as exc:
-        raise ValueError("LlamaConfig.dtype='bfloat16' needs the ml_dtypes package on the host "
+        raise ArgumentError("LlamaConfig.dtype='bfloat16' needs the ml_dtypes package on the host "
                          "(pip install ml_dtypes), or use dtype='float16'") from exc
     return np.dtype(ml_dtypes.bfloat16)
 
@@ -79,7 +80,7 @@ def validate_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray], *,
     missing = sorted(set(expected) - set(names))
     unknown = sorted(set(names) - set(expected))
     if missing or unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"{source} do not match the Llama layout for {cfg}: missing {missing[:6]}"
             f"{'...' if len(missing) > 6 else ''} ({len(missing)}), unknown {unknown[:6]}"
             f"{'...' if len(unknown) > 6 else ''} ({len(unknown)}); see cgraph.models.weights "
@@ -89,10 +90,10 @@ def validate_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray], *,
     for name, shape in expected.items():
         arr = np.asarray(names[name])
         if tuple(arr.shape) != shape:
-            raise ValueError(f"{source}: {name} has shape {tuple(arr.shape)}, expected {shape} for "
+            raise ArgumentError(f"{source}: {name} has shape {tuple(arr.shape)}, expected {shape} for "
                              f"{cfg}; fix the config or the file")
         if arr.dtype.kind != "f" and arr.dtype != dt:
-            raise TypeError(f"{source}: {name} has dtype {arr.dtype}, expected floating point")
+            raise ArgumentTypeError(f"{source}: {name} has dtype {arr.dtype}, expected floating point")
         out[name] = np.ascontiguousarray(arr.astype(dt, copy=False))
     if tied:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
@@ -111,7 +112,7 @@ def load_weights(path: str | Path, cfg: LlamaConfig) -> dict[str, np.ndarray]:
     elif suffix == ".safetensors":
         raw = read_safetensors(path)
     else:
-        raise ValueError(f"weights file {path}: suffix {suffix!r} is not supported; "
+        raise ArgumentError(f"weights file {path}: suffix {suffix!r} is not supported; "
                          "use .npz or .safetensors")
     return validate_weights(cfg, raw, source=str(path))
 
@@ -129,5 +130,5 @@ def save_weights(path: str | Path, weights: Mapping[str, np.ndarray]) -> None:
     elif suffix == ".safetensors":
         write_safetensors(path, arrays)
     else:
-        raise ValueError(f"weights file {path}: suffix {suffix!r} is not supported; "
+        raise ArgumentError(f"weights file {path}: suffix {suffix!r} is not supported; "
                          "use .npz or .safetensors")
