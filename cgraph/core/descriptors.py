@@ -10,12 +10,13 @@ from __future__ import annotations
 import attrs
 
 from cgraph.core.checks import bool_converter, int_converter, optional_int_converter
+from cgraph.core.errors import ArgumentError
 
 
 def _check_num_reqs(instance: "BatchDescriptor", attribute: attrs.Attribute, value: int | None) -> None:
     # A request has at least one token, so a batch cannot hold more requests than tokens.
     if value is not None and value > instance.num_tokens:
-        raise ValueError(
+        raise ArgumentError(
             f"BatchDescriptor.num_reqs={value} exceeds num_tokens={instance.num_tokens}; "
             "every request has at least one token, so pass num_reqs <= num_tokens"
         )

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import enum
 
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
+
 
 class GraphMode(enum.Enum):
     """A graph mode; see the module docstring. Parse names with :meth:`GraphMode.parse`."""
@@ -40,7 +42,7 @@ class GraphMode(enum.Enum):
         if isinstance(value, GraphMode):
             return value
         if not isinstance(value, str):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"graph mode must be a GraphMode or its name, got {value!r} "
                 f"({type(value).__name__}); pass e.g. GraphMode.FULL or 'full'"
             )
@@ -49,7 +51,7 @@ class GraphMode(enum.Enum):
             return cls(key)
         except ValueError:
             names = ", ".join(m.value for m in cls)
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown graph mode {value!r}; expected one of: {names} (case-insensitive)"
             ) from None
 
