@@ -1,83 +1,80 @@
 """padding_report: how a workload's batches would use a dispatch table's graphs.
 
-For each batch the report dispatches once and counts, per runtime mode, how many
-batches landed there and how many tokens were real versus computed (padded). A batch
-that runs eagerly (NONE) computes exactly its real tokens.
+The report dispatches each distinct batch once and tallies, per runtime mode and per
+graph, a :class:`~cgraph.core.buckets.TokenUsage`: how many batches landed there and how
+many tokens were real versus computed (padded). A batch that runs eagerly (NONE)
+computes exactly its real tokens. The report itself is the usage of all batches.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections import Counter
+from typing import Any, Iterable, Mapping
 
 import attrs
 
-from cgraph.core.checks import check_bool, check_int
+from cgraph.core.buckets import TokenUsage
+from cgraph.core.checks import check_bool, check_counts, check_instance, check_int
 from cgraph.core.descriptors import BatchDescriptor
 from cgraph.core.dispatch import DispatchTable, dispatch
+from cgraph.core.errors import ArgumentError, ArgumentTypeError, NotFoundError
 from cgraph.core.modes import GraphMode
 
 _RUNTIME_MODES = (GraphMode.FULL, GraphMode.PIECEWISE, GraphMode.NONE)
-
-
-def _ratio(waste: int, padded: int) -> float:
-    return waste / padded if padded else 0.0
+Batch = int | tuple[int, bool] | BatchDescriptor
 
 
 @attrs.frozen
-class ModeUsage:
-    """Batches dispatched to one runtime mode and their tokens."""
+class _DecoderUsage(TokenUsage):
+    """TokenUsage with the names the decoder's report had before it shared the type.
 
-    mode: GraphMode
-    batches: int
-    real_tokens: int
-    padded_tokens: int
-
-    @property
-    def waste_tokens(self) -> int:
-        """Padding tokens computed for nothing."""
-        return self.padded_tokens - self.real_tokens
-
-    @property
-    def waste_ratio(self) -> float:
-        """Padding as a fraction of computed tokens (0.0 when nothing ran)."""
-        return _ratio(self.waste_tokens, self.padded_tokens)
-
-
-@attrs.frozen
-class GraphUsage:
-    """Batches that replayed one graph (one key of one runtime mode)."""
-
-    mode: GraphMode
-    descriptor: BatchDescriptor
-    batches: int
-    real_tokens: int
+    Kept because notebooks/_sources/02_dispatch.py reads them; new code should use
+    ``computed_tokens`` and ``waste``.
+    """
 
     @property
     def padded_tokens(self) -> int:
-        return self.batches * self.descriptor.num_tokens
+        """Old name of ``computed_tokens``."""
+        return self.computed_tokens
+
+    @property
+    def waste_ratio(self) -> float:
+        """Old name of ``waste``."""
+        return self.waste
 
 
 @attrs.frozen
-class PaddingReport:
-    """Per-mode usage (FULL, PIECEWISE, NONE, in that order) and per-graph hits.
+class ModeUsage(_DecoderUsage):
+    """The usage of the batches dispatched to one runtime mode."""
 
-    ``graphs`` lists every graph hit at least once, largest first; ``report[mode]``
-    returns that mode's :class:`ModeUsage`.
+    mode: GraphMode = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class GraphUsage(TokenUsage):
+    """The usage of the batches that replayed one graph (one key of one runtime mode)."""
+
+    mode: GraphMode = attrs.field(kw_only=True)
+    descriptor: BatchDescriptor = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class PaddingReport(_DecoderUsage):
+    """The usage of every batch, per runtime mode and per graph.
+
+    ``modes`` holds FULL, PIECEWISE and NONE in that order (``report[mode]`` returns
+    one); ``graphs`` lists every graph hit at least once, largest first.
     """
 
-    modes: tuple[ModeUsage, ...]
-    graphs: tuple[GraphUsage, ...]
+    modes: tuple[ModeUsage, ...] = attrs.field(kw_only=True)
+    graphs: tuple[GraphUsage, ...] = attrs.field(kw_only=True)
 
     def __getitem__(self, mode: GraphMode | str) -> ModeUsage:
         mode = GraphMode.parse(mode)
         for usage in self.modes:
             if usage.mode is mode:
                 return usage
-        raise KeyError(f"{mode.name} is not a runtime mode; use FULL, PIECEWISE or NONE")
-
-    @property
-    def batches(self) -> int:
-        return sum(u.batches for u in self.modes)
+        raise NotFoundError(f"{mode.name} is not a runtime mode; use FULL, PIECEWISE or NONE")
 
     @property
     def graph_batches(self) -> int:
@@ -89,18 +86,8 @@ class PaddingReport:
         """Fraction of batches that replayed a graph (0.0 for no batches)."""
         return self.graph_batches / self.batches if self.batches else 0.0
 
-    @property
-    def real_tokens(self) -> int:
-        return sum(u.real_tokens for u in self.modes)
 
-    @property
-    def padded_tokens(self) -> int:
-        return sum(u.padded_tokens for u in self.modes)
-
-    @property
-    def waste_ratio(self) -> float:
-        """Padding as a fraction of all computed tokens."""
-        return _ratio(self.padded_tokens - self.real_tokens, self.padded_tokens)
+_BATCH_FORMS = "an int num_tokens, a (num_tokens, uniform) tuple or a BatchDescriptor"
 
 
 def _batch_facts(batch: Any) -> tuple[int, bool, bool, int]:
@@ -111,7 +98,7 @@ def _batch_facts(batch: Any) -> tuple[int, bool, bool, int]:
         return (check_int(batch[0], "batch num_tokens", 1), check_bool(batch[1], "batch uniform"),
                 False, 0)
     if isinstance(batch, tuple):
-        raise ValueError(
+        raise ArgumentError(
             f"a batch tuple must be (num_tokens, uniform), got {batch!r}; use a BatchDescriptor "
             "to give LoRA facts"
         )
@@ -120,42 +107,50 @@ def _batch_facts(batch: Any) -> tuple[int, bool, bool, int]:
 
 
 def padding_report(
-    table: DispatchTable, batches: Iterable[Any], *, disable_full: bool = False
+    table: DispatchTable, batches: Iterable[Batch] | Mapping[Batch, int], *, disable_full: bool = False
 ) -> PaddingReport:
     """Dispatch every batch and tally graph use and padding.
 
-    Each batch is one of: an int (num_tokens of a mixed batch without LoRA); a tuple
-    ``(num_tokens, uniform_decode)``; or a :class:`BatchDescriptor`, whose num_tokens,
-    uniform, has_lora and num_active_loras are used (num_reqs is ignored).
-    ``disable_full`` applies to every batch.
+    ``batches`` is an iterable of batches, or a mapping ``{batch: count}`` (how many
+    batches of that form ran; counts are ints >= 0), the histogram form
+    ``suggest_capture_sizes`` reads too. A batch is one of: an int (num_tokens of a mixed
+    batch without LoRA); a tuple ``(num_tokens, uniform_decode)``; or a
+    :class:`BatchDescriptor`, whose num_tokens, uniform, has_lora and num_active_loras
+    are used (num_reqs is ignored). ``disable_full`` applies to every batch.
     """
-    if not isinstance(table, DispatchTable):
-        raise TypeError(
-            f"padding_report expects a DispatchTable, got {type(table).__name__}; "
-            "build one with build_dispatch_table(GraphConfig(...))"
-        )
+    check_instance(table, DispatchTable, "padding_report's table",
+                   hint="build one with build_dispatch_table(GraphConfig(...))")
     disable_full = check_bool(disable_full, "disable_full")
-    counts = {m: [0, 0, 0] for m in _RUNTIME_MODES}  # batches, real, padded
+    if isinstance(batches, BatchDescriptor):  # one batch, not a collection of them
+        raise ArgumentTypeError(
+            f"batches must be a collection of batches, got one BatchDescriptor {batches!r}; "
+            "pass [descriptor]"
+        )
+    facts: Counter[tuple[int, bool, bool, int]] = Counter()
+    for batch, count in check_counts(batches, "batches", example="[3, (5, True)] or {3: 100, 700: 2}"):
+        facts[_batch_facts(batch)] += count
+    modes = {m: [0, 0, 0] for m in _RUNTIME_MODES}  # batches, real, computed
     per_graph: dict[tuple[GraphMode, BatchDescriptor], list[int]] = {}
-    for batch in batches:
-        n, uniform, has_lora, n_loras = _batch_facts(batch)
+    for (n, uniform, has_lora, n_loras), count in facts.items():
+        if not count:
+            continue
         mode, desc = dispatch(table, n, uniform, has_lora, disable_full, n_loras)
-        tally = counts[mode]
-        tally[0] += 1
-        tally[1] += n
-        tally[2] += desc.num_tokens  # NONE's descriptor carries the real count
+        tallies = [modes[mode]]
         if mode is not GraphMode.NONE:
-            hit = per_graph.setdefault((mode, desc), [0, 0])
-            hit[0] += 1
-            hit[1] += n
-    modes = tuple(ModeUsage(m, *counts[m]) for m in _RUNTIME_MODES)
+            tallies.append(per_graph.setdefault((mode, desc), [0, 0, 0]))
+        for tally in tallies:  # NONE's descriptor carries the real count: computed == real
+            tally[0] += count
+            tally[1] += count * n
+            tally[2] += count * desc.num_tokens
+    mode_usage = tuple(ModeUsage(*modes[m], mode=m) for m in _RUNTIME_MODES)
     graphs = tuple(
-        GraphUsage(mode, desc, b, real)
-        for (mode, desc), (b, real) in sorted(
+        GraphUsage(*tally, mode=mode, descriptor=desc)
+        for (mode, desc), tally in sorted(
             per_graph.items(),
             key=lambda kv: (kv[0][1].num_tokens, kv[0][0].value, kv[0][1].uniform,
-                            kv[0][1].num_active_loras),
+                            kv[0][1].has_lora, kv[0][1].num_active_loras),
             reverse=True,
         )
     )
-    return PaddingReport(modes, graphs)
+    totals = [sum(u[i] for u in modes.values()) for i in range(3)]
+    return PaddingReport(*totals, modes=mode_usage, graphs=graphs)

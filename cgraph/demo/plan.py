@@ -66,13 +66,13 @@ def print_plan(args: argparse.Namespace, out=None) -> dict[GraphMode, PaddingRep
         print(f"\n{mode.name}: {len(cfg.capture_sizes)} capture sizes up to {cfg.max_capture_size}; "
               f"{len(table.full_keys)} FULL + {len(table.piecewise_keys)} PIECEWISE graphs", file=out)
         print(f"  hit rate {report.hit_rate:.1%} of {report.batches} batches; padding waste "
-              f"{report.waste_ratio:.2%} ({report.padded_tokens - report.real_tokens} of "
-              f"{report.padded_tokens} computed tokens)", file=out)
+              f"{report.waste:.2%} ({report.padding_tokens} of "
+              f"{report.computed_tokens} computed tokens)", file=out)
         for rmode in (GraphMode.FULL, GraphMode.PIECEWISE, GraphMode.NONE):
             usage = report[rmode]
             line = (_histogram_line(report, rmode) if rmode is not GraphMode.NONE
                     else f"{usage.batches} batches run eagerly")
-            print(f"  {rmode.name:<9} {usage.batches:>5} batches, waste {usage.waste_ratio:6.2%}  "
+            print(f"  {rmode.name:<9} {usage.batches:>5} batches, waste {usage.waste:6.2%}  "
                   f"{line}", file=out)
     print("\n  (graph hits read SIZE[u]xBATCHES: padded size, u = uniform decode graph)", file=out)
     if cfg is not None:
