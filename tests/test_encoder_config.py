@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cgraph.core.encoder_config import EncoderGraphConfig, resolve_encoder_config
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 
 def test_user_budgets_are_sorted_and_deduplicated():
@@ -34,23 +36,26 @@ def test_automatic_batch_size_is_at_least_one():
 
 
 def test_batch_size_above_smallest_budget_is_rejected_with_fix():
-    with pytest.raises(ValueError, match=r"max_batch_size \(65\) exceeds the smallest budget \(64\)"):
+    with pytest.raises(ArgumentError, match=r"max_batch_size \(65\) exceeds the smallest budget \(64\)"):
         resolve_encoder_config(budgets=(64, 128), max_batch_size=65)
 
 
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        (dict(), ValueError, "no budgets given"),
-        (dict(min_budget=64), ValueError, "no budgets given"),
-        (dict(budgets=(64,), min_budget=64, max_budget=128), ValueError, "not both"),
-        (dict(budgets=()), ValueError, "empty"),
-        (dict(budgets=(64, 0)), ValueError, "positive"),
-        (dict(budgets=(64, 1.5)), TypeError, "int"),
-        (dict(budgets="64"), TypeError, "sequence"),
-        (dict(budgets=(64,), max_batch_size=0), ValueError, "positive"),
-        (dict(min_budget=128, max_budget=64), ValueError, "min_budget"),
-        (dict(budgets=(64,), min_item_tokens=0), ValueError, "positive"),
+        (dict(), ArgumentError, "no budgets given"),
+        (dict(min_budget=64), ArgumentError, "no budgets given"),
+        (dict(budgets=(64,), min_budget=64, max_budget=128), ArgumentError, "not both"),
+        (dict(budgets=()), ArgumentError, "empty"),
+        (dict(budgets=(64, 0)), ArgumentError, "budgets entry must be an int >= 1, got 0"),
+        (dict(budgets=(64, 1.5)), ArgumentTypeError, "int"),
+        (dict(budgets="64"), ArgumentTypeError, "iterable of ints"),
+        (dict(budgets={64: 1}), ArgumentTypeError, "mapping"),
+        (dict(budgets=(64,), max_batch_size=0), ArgumentError, "max_batch_size must be an int >= 1"),
+        (dict(budgets=(64,), max_batch_size=2.0), ArgumentTypeError, "max_batch_size"),
+        (dict(min_budget=128, max_budget=64), ArgumentError, "min_budget"),
+        (dict(min_budget=64.0, max_budget=128), ArgumentTypeError, "min_budget"),
+        (dict(budgets=(64,), min_item_tokens=0), ArgumentError, "min_item_tokens must be an int >= 1"),
     ],
 )
 def test_bad_settings_raise_clear_errors(kwargs, exc, match):
@@ -58,9 +63,20 @@ def test_bad_settings_raise_clear_errors(kwargs, exc, match):
         resolve_encoder_config(**kwargs)
 
 
+def test_numpy_integers_are_accepted_everywhere():
+    cfg = resolve_encoder_config(budgets=np.array([512, 64]), max_batch_size=np.int64(8),
+                                 min_item_tokens=np.int32(2))
+    assert cfg == EncoderGraphConfig((64, 512), 8)
+    assert all(type(b) is int for b in cfg.budgets) and type(cfg.max_batch_size) is int
+    assert resolve_encoder_config(min_budget=np.int64(64), max_budget=np.int64(256)).budgets == (64, 128, 256)
+    assert EncoderGraphConfig((np.int64(64),), np.int64(4)) == EncoderGraphConfig((64,), 4)
+
+
 def test_config_value_rejects_unsorted_budgets_and_is_frozen_and_hashable():
-    with pytest.raises(ValueError, match="ascending"):
+    with pytest.raises(ArgumentError, match=r"ascending.*pass \(64, 128\)"):
         EncoderGraphConfig((128, 64), 4)
+    with pytest.raises(ArgumentTypeError, match="EncoderGraphConfig.max_batch_size"):
+        EncoderGraphConfig((64, 128), True)
     cfg = EncoderGraphConfig((64, 128), 4)
     with pytest.raises(Exception):
         cfg.max_batch_size = 5  # type: ignore[misc]

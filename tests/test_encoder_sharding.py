@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cgraph.core.sharding import pack_rank_outputs, shard_items, unpack_gathered
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
+from cgraph.core.sharding import ShardPlan, pack_rank_outputs, shard_items, unpack_gathered
 
 
 def _simulate(tokens, num_ranks, hidden=3, seed=None):
@@ -56,19 +57,39 @@ def test_balance_by_custom_sizes():
     assert plan.local_items(0) == (1,) and plan.local_items(1) == (0, 2)
 
 
+def test_numpy_inputs_are_accepted():
+    plan = shard_items(np.array([1000, 100, 200, 50]), np.int64(2), sizes=np.array([1000, 100, 200, 50]))
+    assert plan == shard_items([1000, 100, 200, 50], 2)
+    assert plan.local_items(np.int64(1)) == (2, 1, 3)
+
+
 def test_bad_inputs_raise_clear_errors():
     plan = shard_items([3, 2], 2)
-    with pytest.raises(ValueError, match="sizes has 1 entries"):
+    with pytest.raises(ArgumentError, match="sizes has 1 entries"):
         shard_items([3, 2], 2, sizes=[1])
-    with pytest.raises(ValueError, match="encodes 1 items"):
+    with pytest.raises(ArgumentError, match="encodes 1 items"):
         pack_rank_outputs([], plan, 0, np.zeros((3, 1)))
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ArgumentError, match="rows"):
         pack_rank_outputs([np.zeros((2, 1))], plan, 0, np.zeros((3, 1)))
-    with pytest.raises(ValueError, match="gather block"):
+    with pytest.raises(ArgumentError, match="gather block"):
         pack_rank_outputs([np.zeros((3, 1))], plan, 0, np.zeros((4, 1)))
-    with pytest.raises(ValueError, match="gathered buffer"):
+    with pytest.raises(ArgumentError, match="gathered buffer"):
         unpack_gathered(np.zeros((5, 1)), plan)
-    with pytest.raises(ValueError, match="rank 2"):
+    with pytest.raises(ArgumentError, match=r"rank must be an int in \[0, 1\], got 2"):
         plan.local_items(2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError, match=r"item_tokens\[1\] must be an int >= 1, got 0"):
         shard_items([3, 0], 2)
+    with pytest.raises(ArgumentTypeError, match="item_tokens"):
+        shard_items({3: 1}, 2)
+    with pytest.raises(ArgumentError, match="num_ranks"):
+        shard_items([3], 0)
+    with pytest.raises(ArgumentTypeError, match="ShardPlan"):
+        unpack_gathered(np.zeros((3, 1)), [3, 2])
+    with pytest.raises(ArgumentError, match="each of the 3 items once"):
+        ShardPlan((3, 2, 1), plan.balance)
+    with pytest.raises(ArgumentTypeError, match="out must be an array"):
+        pack_rank_outputs([np.zeros((3, 1))], plan, 0, [0, 0, 0])
+    with pytest.raises(ArgumentTypeError, match="outputs must be a sequence"):
+        pack_rank_outputs(np.zeros((3, 1)), plan, 0, np.zeros((3, 1)))
+    with pytest.raises(ArgumentTypeError, match="output for item 0 must be an array"):
+        pack_rank_outputs([[1, 2, 3]], plan, 0, np.zeros((3, 1)))

@@ -13,11 +13,14 @@ from collections.abc import Sequence
 
 import attrs
 
-from cgraph.core.budgets import _check_budgets, _check_positive_int, generate_budgets
+from cgraph.core.budgets import generate_budgets
+from cgraph.core.checks import check_int, check_sizes, int_converter
+from cgraph.core.errors import ArgumentError
 
 
 def _budgets_converter(value: Sequence[int]) -> tuple[int, ...]:
-    return _check_budgets(value)
+    return check_sizes(value, "EncoderGraphConfig.budgets",
+                       hint="one token budget per graph, e.g. (256, 1024)")
 
 
 @attrs.frozen
@@ -29,12 +32,12 @@ class EncoderGraphConfig:
     """
 
     budgets: tuple[int, ...] = attrs.field(converter=_budgets_converter)
-    max_batch_size: int
+    max_batch_size: int = attrs.field(converter=int_converter(
+        "EncoderGraphConfig.max_batch_size", 1, hint="a batch holds at least 1 item"))
 
     def __attrs_post_init__(self) -> None:
-        _check_positive_int("max_batch_size", self.max_batch_size)
         if self.max_batch_size > self.budgets[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"max_batch_size ({self.max_batch_size}) exceeds the smallest budget "
                 f"({self.budgets[0]}); every item has at least one token, so pass "
                 f"max_batch_size <= {self.budgets[0]} or raise the smallest budget"
@@ -68,26 +71,21 @@ def resolve_encoder_config(
     """
     if budgets is not None:
         if min_budget is not None or max_budget is not None:
-            raise ValueError(
+            raise ArgumentError(
                 "pass either budgets or (min_budget, max_budget), not both: got "
                 f"budgets={budgets!r}, min_budget={min_budget!r}, max_budget={max_budget!r}"
             )
-        if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
-            raise TypeError(f"budgets must be a sequence of ints, got {budgets!r}")
-        values = tuple(budgets)
-        for b in values:
-            _check_positive_int("every budget", b)
-        ladder = tuple(sorted(set(values)))
-        if not ladder:
-            raise ValueError("budgets is empty; pass at least one token budget or leave it None")
+        ladder = check_sizes(budgets, "budgets", sort=True,
+                             hint="each budget is a token count, e.g. budgets=(256, 1024)")
     else:
         if min_budget is None or max_budget is None:
-            raise ValueError(
+            raise ArgumentError(
                 "no budgets given: pass budgets=(...) or both min_budget and max_budget "
                 f"(got min_budget={min_budget!r}, max_budget={max_budget!r})"
             )
         ladder = generate_budgets(min_budget, max_budget)
-    _check_positive_int("min_item_tokens", min_item_tokens)
+    min_item_tokens = check_int(min_item_tokens, "min_item_tokens", 1,
+                                hint="the fewest output tokens an item can have")
     if max_batch_size is None:
         max_batch_size = max(1, min(ladder[0], ladder[-1] // min_item_tokens))
     return EncoderGraphConfig(ladder, max_batch_size)

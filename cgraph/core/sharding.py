@@ -14,7 +14,9 @@ from typing import Any
 
 import attrs
 
-from cgraph.core.budgets import LoadBalance, _check_item_tokens, load_balance
+from cgraph.core.budgets import LoadBalance, load_balance
+from cgraph.core.checks import check_instance, check_int_sequence
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 
 @attrs.frozen
@@ -24,8 +26,18 @@ class ShardPlan:
     item_tokens: output tokens per item (input order); balance: the rank assignment.
     """
 
-    item_tokens: tuple[int, ...] = attrs.field(converter=tuple)
-    balance: LoadBalance
+    item_tokens: tuple[int, ...] = attrs.field(
+        converter=lambda v: check_int_sequence(v, "ShardPlan.item_tokens", 1))
+    balance: LoadBalance = attrs.field(converter=lambda b: check_instance(
+        b, LoadBalance, "ShardPlan.balance", hint="build it with load_balance(sizes, num_ranks)"))
+
+    def __attrs_post_init__(self) -> None:
+        if sorted(self.balance.order) != list(range(len(self.item_tokens))):
+            raise ArgumentError(
+                f"ShardPlan.balance assigns {len(self.balance.order)} item indices, not each of "
+                f"the {len(self.item_tokens)} items once; build the plan with "
+                "shard_items(item_tokens, num_ranks)"
+            )
 
     @property
     def num_ranks(self) -> int:
@@ -68,10 +80,11 @@ def shard_items(
     Items are balanced by `sizes` (default: their output tokens; pass patch counts or any
     cost proxy to balance by that instead).
     """
-    tokens = _check_item_tokens(item_tokens)
-    weights = tokens if sizes is None else tuple(sizes)
+    tokens = check_int_sequence(item_tokens, "item_tokens", 1,
+                                hint="every item produces at least 1 output token")
+    weights = tokens if sizes is None else check_int_sequence(sizes, "sizes", 0)
     if len(weights) != len(tokens):
-        raise ValueError(
+        raise ArgumentError(
             f"sizes has {len(weights)} entries but item_tokens has {len(tokens)}; "
             "pass one size per item"
         )
@@ -83,20 +96,31 @@ def pack_rank_outputs(outputs: Sequence[Any], plan: ShardPlan, rank: int, out: A
 
     `outputs[k]` is the output of `plan.local_items(rank)[k]` with its token count of rows.
     """
+    check_instance(plan, ShardPlan, "plan", hint="build one with shard_items(item_tokens, num_ranks)")
     items = plan.local_items(rank)
+    _check_rows(out, "out")
+    if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Sequence):
+        raise ArgumentTypeError(
+            f"outputs must be a sequence of arrays, one per local item, got "
+            f"{type(outputs).__name__}; pass a list in plan.local_items(rank) order"
+        )
     if len(outputs) != len(items):
-        raise ValueError(
+        raise ArgumentError(
             f"rank {rank} was given {len(outputs)} outputs but encodes {len(items)} items"
         )
     if out.shape[0] != plan.max_rank_tokens:
-        raise ValueError(
-            f"out has {out.shape[0]} rows; the gather block needs {plan.max_rank_tokens}"
+        raise ArgumentError(
+            f"out has {out.shape[0]} rows; the gather block needs {plan.max_rank_tokens}: "
+            "allocate out with plan.max_rank_tokens rows"
         )
     offset = 0
     for i, o in zip(items, outputs):
         n = plan.item_tokens[i]
-        if o.shape[0] != n:
-            raise ValueError(f"output for item {i} has {o.shape[0]} rows; expected {n} tokens")
+        if _check_rows(o, f"output for item {i}") != n:
+            raise ArgumentError(
+                f"output for item {i} has {o.shape[0]} rows; expected {n} (its item_tokens); "
+                "pass the outputs in plan.local_items(rank) order"
+            )
         out[offset : offset + n] = o
         offset += n
     out[offset:] = 0  # padding rows are gathered too: keep them defined
@@ -105,10 +129,22 @@ def pack_rank_outputs(outputs: Sequence[Any], plan: ShardPlan, rank: int, out: A
 
 def unpack_gathered(gathered: Any, plan: ShardPlan) -> list[Any]:
     """Per-item views into the all-gathered buffer [num_ranks * max_rank_tokens, ...], input order."""
+    check_instance(plan, ShardPlan, "plan", hint="build one with shard_items(item_tokens, num_ranks)")
     expected = plan.num_ranks * plan.max_rank_tokens
-    if gathered.shape[0] != expected:
-        raise ValueError(
+    if _check_rows(gathered, "gathered") != expected:
+        raise ArgumentError(
             f"gathered buffer has {gathered.shape[0]} rows; expected num_ranks * "
-            f"max_rank_tokens = {expected}"
+            f"max_rank_tokens = {expected}: pass the all-gather of every rank's packed block"
         )
     return [gathered[a:b] for a, b in plan.gather_slices()]
+
+
+def _check_rows(array: Any, name: str) -> int:
+    # The rows of a NumPy or CuPy array (anything with a non-empty .shape).
+    shape = getattr(array, "shape", None)
+    if not isinstance(shape, tuple) or not shape:
+        raise ArgumentTypeError(
+            f"{name} must be an array with at least one dimension, got {type(array).__name__}; "
+            "pass a NumPy or CuPy array"
+        )
+    return shape[0]
