@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cgraph import BatchDescriptor
 from cgraph.core.descriptors import eager_descriptor
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 descriptors = st.integers(1, 4096).flatmap(
     lambda n: st.builds(BatchDescriptor, st.just(n), st.none() | st.integers(1, n), st.booleans(),
@@ -59,19 +60,19 @@ def test_eager_descriptor_equals_checked_construction(n):
 
 
 @pytest.mark.parametrize("kwargs, exc, words", [
-    (dict(num_tokens=True), TypeError, ["num_tokens", "True", "bool"]),
-    (dict(num_tokens=np.bool_(True)), TypeError, ["num_tokens", "bool"]),
-    (dict(num_tokens=4.0), TypeError, ["num_tokens", "4.0", "float"]),
-    (dict(num_tokens="4"), TypeError, ["num_tokens", "'4'", "str"]),
-    (dict(num_tokens=0), ValueError, ["num_tokens", ">= 1", "got 0"]),
-    (dict(num_tokens=-3), ValueError, ["num_tokens", "got -3"]),
-    (dict(num_tokens=4, num_reqs=0), ValueError, ["num_reqs", "got 0"]),
-    (dict(num_tokens=4, num_reqs=False), TypeError, ["num_reqs", "bool"]),
-    (dict(num_tokens=4, num_reqs=5), ValueError, ["num_reqs=5", "num_tokens=4", "num_reqs <= num_tokens"]),
-    (dict(num_tokens=4, uniform=1), TypeError, ["uniform", "bool", "True or False"]),
-    (dict(num_tokens=4, has_lora="yes"), TypeError, ["has_lora", "'yes'"]),
-    (dict(num_tokens=4, num_active_loras=-1), ValueError, ["num_active_loras", "got -1"]),
-    (dict(num_tokens=4, num_active_loras=True), TypeError, ["num_active_loras", "bool"]),
+    (dict(num_tokens=True), ArgumentTypeError, ["num_tokens", "True", "bool"]),
+    (dict(num_tokens=np.bool_(True)), ArgumentTypeError, ["num_tokens", "bool"]),
+    (dict(num_tokens=4.0), ArgumentTypeError, ["num_tokens", "4.0", "float"]),
+    (dict(num_tokens="4"), ArgumentTypeError, ["num_tokens", "'4'", "str"]),
+    (dict(num_tokens=0), ArgumentError, ["num_tokens", ">= 1", "got 0"]),
+    (dict(num_tokens=-3), ArgumentError, ["num_tokens", "got -3"]),
+    (dict(num_tokens=4, num_reqs=0), ArgumentError, ["num_reqs", "got 0"]),
+    (dict(num_tokens=4, num_reqs=False), ArgumentTypeError, ["num_reqs", "bool"]),
+    (dict(num_tokens=4, num_reqs=5), ArgumentError, ["num_reqs=5", "num_tokens=4", "num_reqs <= num_tokens"]),
+    (dict(num_tokens=4, uniform=1), ArgumentTypeError, ["uniform", "bool", "True or False"]),
+    (dict(num_tokens=4, has_lora="yes"), ArgumentTypeError, ["has_lora", "'yes'"]),
+    (dict(num_tokens=4, num_active_loras=-1), ArgumentError, ["num_active_loras", "got -1"]),
+    (dict(num_tokens=4, num_active_loras=True), ArgumentTypeError, ["num_active_loras", "bool"]),
 ])
 def test_bad_fields_raise_clear_errors(kwargs, exc, words):
     with pytest.raises(exc) as err:

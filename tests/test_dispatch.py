@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cgraph import (BatchDescriptor as BD, GraphConfig, GraphMode, build_dispatch_table,
                     capture_descriptors, dispatch)
 from cgraph.bench._plain_dispatch import PlainDispatcher
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 N, P, F = GraphMode.NONE, GraphMode.PIECEWISE, GraphMode.FULL
 FDO, FAP = GraphMode.FULL_DECODE_ONLY, GraphMode.FULL_AND_PIECEWISE
@@ -63,7 +64,7 @@ def test_key_sets_without_lora():
     assert table(P).keys(P) == {BD(s) for s in sizes} and not table(P).keys(F)
     assert table(FDO).keys(F) == {BD(s, s, True) for s in decode} and not table(FDO).keys(P)
     assert not table(N).keys(F) and not table(N).keys("piecewise")
-    with pytest.raises(ValueError, match="FULL and PIECEWISE"):
+    with pytest.raises(ArgumentError, match="FULL and PIECEWISE"):
         table(FAP).keys(N)
 
 
@@ -150,7 +151,7 @@ def test_capture_descriptors_are_the_keys_largest_first():
         assert sizes == sorted(sizes, reverse=True) and sizes[0] == max(d.num_tokens for d in t.keys(mode))
     assert order[F][:3] == (BD(256, 256, True, True, 2), BD(256, 256, True, True, 1), BD(256, 256, True))
     assert capture_descriptors(table(N)) == {F: (), P: ()}
-    with pytest.raises(TypeError, match="DispatchTable"):
+    with pytest.raises(ArgumentTypeError, match="DispatchTable"):
         capture_descriptors(GraphConfig("full"))
 
 
@@ -277,17 +278,17 @@ def test_tables_compare_by_config_and_keys():
 # ---- bad inputs ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, kwargs, exc, words", [
-    ((0,), {}, ValueError, ["num_tokens", ">= 1", "got 0"]),
-    ((-4,), {}, ValueError, ["num_tokens", "got -4"]),
-    ((True,), {}, TypeError, ["num_tokens", "True", "bool"]),
-    ((4.0,), {}, TypeError, ["num_tokens", "float"]),
-    (("4",), {}, TypeError, ["num_tokens", "str"]),
-    ((4,), dict(uniform_decode=1), TypeError, ["uniform_decode", "bool", "True or False"]),
-    ((4,), dict(has_lora=None), TypeError, ["has_lora", "None"]),
-    ((4,), dict(disable_full="no"), TypeError, ["disable_full", "'no'"]),
-    ((4,), dict(num_active_loras=-1), ValueError, ["num_active_loras", "got -1"]),
-    ((4,), dict(num_active_loras=True), TypeError, ["num_active_loras", "bool"]),
-    ((4,), dict(num_active_loras=1.0), TypeError, ["num_active_loras", "float"]),
+    ((0,), {}, ArgumentError, ["num_tokens", ">= 1", "got 0"]),
+    ((-4,), {}, ArgumentError, ["num_tokens", "got -4"]),
+    ((True,), {}, ArgumentTypeError, ["num_tokens", "True", "bool"]),
+    ((4.0,), {}, ArgumentTypeError, ["num_tokens", "float"]),
+    (("4",), {}, ArgumentTypeError, ["num_tokens", "str"]),
+    ((4,), dict(uniform_decode=1), ArgumentTypeError, ["uniform_decode", "bool", "True or False"]),
+    ((4,), dict(has_lora=None), ArgumentTypeError, ["has_lora", "None"]),
+    ((4,), dict(disable_full="no"), ArgumentTypeError, ["disable_full", "'no'"]),
+    ((4,), dict(num_active_loras=-1), ArgumentError, ["num_active_loras", "got -1"]),
+    ((4,), dict(num_active_loras=True), ArgumentTypeError, ["num_active_loras", "bool"]),
+    ((4,), dict(num_active_loras=1.0), ArgumentTypeError, ["num_active_loras", "float"]),
 ])
 def test_bad_inputs_raise_even_after_warm_up(args, kwargs, exc, words):
     t = table(FAP, max_loras=2)
@@ -302,7 +303,7 @@ def test_bad_inputs_raise_even_after_warm_up(args, kwargs, exc, words):
 
 
 def test_dispatch_and_build_reject_wrong_objects():
-    with pytest.raises(TypeError, match="build_dispatch_table"):
+    with pytest.raises(ArgumentTypeError, match="build_dispatch_table"):
         dispatch(GraphConfig("full"), 4)
-    with pytest.raises(TypeError, match="GraphConfig"):
+    with pytest.raises(ArgumentTypeError, match="GraphConfig"):
         build_dispatch_table("full")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cgraph import GraphMode
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
 
 N, P, F = GraphMode.NONE, GraphMode.PIECEWISE, GraphMode.FULL
 FDO, FAP = GraphMode.FULL_DECODE_ONLY, GraphMode.FULL_AND_PIECEWISE
@@ -56,7 +57,7 @@ def test_parse_returns_modes_unchanged_and_names_round_trip():
 
 
 def test_parse_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ArgumentError) as err:
         GraphMode.parse("fulll")
     msg = str(err.value)
     assert "'fulll'" in msg
@@ -66,11 +67,11 @@ def test_parse_unknown_name_lists_valid_names():
 
 @pytest.mark.parametrize("bad", [2, None, 1.0, True, ("full",)])
 def test_parse_rejects_non_strings(bad):
-    with pytest.raises(TypeError, match="GraphMode or its name"):
+    with pytest.raises(ArgumentTypeError, match="GraphMode or its name"):
         GraphMode.parse(bad)
 
 
 def test_has_mode_accepts_names():
     assert FAP.has_mode("piecewise")
-    with pytest.raises(ValueError, match="unknown graph mode"):
+    with pytest.raises(ArgumentError, match="unknown graph mode"):
         F.has_mode("partial")

@@ -41,8 +41,9 @@ from typing import Any
 
 import attrs
 
-from cgraph.core.checks import check_bool, check_int
+from cgraph.core.checks import check_bool, check_instance, check_int
 from cgraph.core.config import GraphConfig
+from cgraph.core.errors import ArgumentError
 from cgraph.core.descriptors import BatchDescriptor, eager_descriptor
 from cgraph.core.modes import GraphMode
 
@@ -111,7 +112,7 @@ class DispatchTable:
             return self.full_keys
         if mode is GraphMode.PIECEWISE:
             return self.piecewise_keys
-        raise ValueError(
+        raise ArgumentError(
             f"keys exist only for the runtime modes FULL and PIECEWISE, got {mode.name}; "
             "ask for GraphMode.FULL or GraphMode.PIECEWISE"
         )
@@ -161,7 +162,7 @@ class DispatchTable:
             if hit is not None:
                 hit = (hit[0], _canonical(self, hit))
             hits[size] = hit
-        pad = cfg._pad_table
+        pad = cfg.pad_table
         return (None,) + tuple(
             hits[pad[n]] or misses[n] for n in range(1, cfg.max_capture_size + 1)
         )
@@ -176,11 +177,7 @@ def _canonical(table: DispatchTable, hit: Dispatch) -> BatchDescriptor:
 
 def build_dispatch_table(cfg: GraphConfig) -> DispatchTable:
     """The graph keys of ``cfg`` (rules 1-3), ready for :func:`dispatch`."""
-    if not isinstance(cfg, GraphConfig):
-        raise TypeError(
-            f"build_dispatch_table expects a GraphConfig, got {cfg!r} ({type(cfg).__name__}); "
-            "pass e.g. GraphConfig('full')"
-        )
+    check_instance(cfg, GraphConfig, "build_dispatch_table's cfg", hint="pass e.g. GraphConfig('full')")
     keys: dict[GraphMode, set[BatchDescriptor]] = {GraphMode.FULL: set(), GraphMode.PIECEWISE: set()}
     cases = lora_cases(cfg)
     mixed = cfg.mode.mixed_mode()
@@ -215,8 +212,9 @@ def dispatch(
     - ``disable_full``: never answer FULL (e.g. when the batch needs cascade attention).
 
     Returns (FULL or PIECEWISE, a key of that mode) or (NONE, BatchDescriptor(num_tokens));
-    the module docstring gives the rules. Raises TypeError/ValueError for a non-int,
-    bool or non-positive num_tokens, non-bool flags, or a negative num_active_loras.
+    the module docstring gives the rules. Raises ArgumentTypeError/ArgumentError (a
+    TypeError/ValueError) for a non-int, bool or non-positive num_tokens, non-bool
+    flags, or a negative num_active_loras.
     """
     # Fast path: exact built-in types (bool is not int here) and a row already built.
     if (
@@ -242,11 +240,8 @@ def _dispatch_checked(
     num_active_loras: Any,
 ) -> Dispatch:
     """Dispatch's slow path: check the arguments, build the row if it is missing."""
-    if not isinstance(table, DispatchTable):
-        raise TypeError(
-            f"dispatch expects a DispatchTable, got {type(table).__name__}; "
-            "build one with build_dispatch_table(GraphConfig(...))"
-        )
+    check_instance(table, DispatchTable, "dispatch's table",
+                   hint="build one with build_dispatch_table(GraphConfig(...))")
     num_tokens = check_int(num_tokens, "num_tokens", 1, hint="a batch has at least 1 token")
     uniform_decode = check_bool(uniform_decode, "uniform_decode")
     has_lora = check_bool(has_lora, "has_lora")
@@ -280,11 +275,8 @@ def capture_descriptors(table: DispatchTable) -> dict[GraphMode, tuple[BatchDesc
     Capturing the largest graph first lets smaller graphs reuse its pool memory. Keys of
     one size are ordered uniform first, then by LoRA count, most adapters first.
     """
-    if not isinstance(table, DispatchTable):
-        raise TypeError(
-            f"capture_descriptors expects a DispatchTable, got {type(table).__name__}; "
-            "build one with build_dispatch_table(GraphConfig(...))"
-        )
+    check_instance(table, DispatchTable, "capture_descriptors' table",
+                   hint="build one with build_dispatch_table(GraphConfig(...))")
 
     def order(d: BatchDescriptor) -> tuple[int, bool, bool, int]:
         return (d.num_tokens, d.uniform, d.has_lora, d.num_active_loras)
