@@ -23,10 +23,8 @@ from cgraph.core.buckets import suggest_capture_sizes
 from cgraph.core.config import GraphConfig
 from cgraph.core.descriptors import BatchDescriptor
 from cgraph.core.dispatch import DispatchTable, build_dispatch_table, capture_descriptors, dispatch
-from cgraph.core.errors import (ArgumentError, ArgumentTypeError, CapacityError, CaptureError,
-                                CaptureNotAllowedError, CgraphError, GPUUnavailableError,
-                                GraphClosedError, HostCallbackError, InputMismatchError,
-                                KernelCompileError, NestedCaptureError, NotFoundError, StateError)
+from cgraph.core import errors as _errors
+from cgraph.core.errors import *  # noqa: F403 - every cgraph exception is public API
 from cgraph.core.modes import GraphMode
 from cgraph.core.padding import padding_report
 
@@ -51,17 +49,11 @@ _LAZY = {
     "capture_breakable": "cgraph.cuda.breakable",
     "eager_break": "cgraph.cuda.breakable",
 }
-_ERRORS = [
-    "CgraphError", "ArgumentError", "ArgumentTypeError", "NotFoundError", "StateError",
-    "GPUUnavailableError", "KernelCompileError", "CapacityError", "CaptureError",
-    "CaptureNotAllowedError", "NestedCaptureError", "GraphClosedError", "InputMismatchError",
-    "HostCallbackError",
-]
 
 __all__ = [
     "GraphMode", "BatchDescriptor", "GraphConfig", "DispatchTable", "build_dispatch_table",
     "dispatch", "capture_descriptors", "padding_report", "suggest_capture_sizes",
-    *_ERRORS, *_LAZY,
+    *_errors.__all__, *_LAZY,
 ]
 
 

@@ -28,6 +28,10 @@ class NotFoundError(CgraphError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class MissingFileError(CgraphError, FileNotFoundError):
+    """A file the call names does not exist."""
+
+
 class StateError(CgraphError, RuntimeError):
     """The object is in a state that forbids this call (e.g. replay before recording)."""
 
@@ -72,7 +76,7 @@ class HostCallbackError(CgraphError, RuntimeError):
 
 
 __all__ = [
-    "CgraphError", "ArgumentError", "ArgumentTypeError", "NotFoundError", "StateError",
+    "CgraphError", "ArgumentError", "ArgumentTypeError", "NotFoundError", "MissingFileError", "StateError",
     "GPUUnavailableError", "KernelCompileError", "CapacityError", "CaptureError",
     "CaptureNotAllowedError", "NestedCaptureError", "GraphClosedError", "InputMismatchError",
     "HostCallbackError",

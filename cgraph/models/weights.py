@@ -31,7 +31,7 @@ import numpy as np
 
 from cgraph.models.config import LlamaConfig
 from cgraph.models.safetensors import read_safetensors, write_safetensors
-from cgraph.core.errors import ArgumentError, ArgumentTypeError
+from cgraph.core.errors import ArgumentError, ArgumentTypeError, MissingFileError
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -104,7 +104,8 @@ def load_weights(path: str | Path, cfg: LlamaConfig) -> dict[str, np.ndarray]:
     """Load weights from a .npz or .safetensors file in the documented layout."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingFileError(f"weights file {path} does not exist; check the path, or save weights "
+                               "with cgraph.models.save_weights")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
