@@ -62,7 +62,7 @@ def measure(mode: GraphMode, max_loras: int, count: int, repeats: int, seed: int
 
     fast_ns = _time_per_call(fast, batches, repeats)
     plain_ns = _time_per_call(plain.dispatch, batches, repeats)
-    rows_bytes = sum(sys.getsizeof(r) for r in table._rows.values())
+    cache = table.cache_info()
     fast_med, plain_med = statistics.median(fast_ns), statistics.median(plain_ns)
     return {
         "mode": mode.name,
@@ -72,8 +72,8 @@ def measure(mode: GraphMode, max_loras: int, count: int, repeats: int, seed: int
         "cgraph_ns": round(fast_med, 1),
         "plain_ns": round(plain_med, 1),
         "speedup": round(plain_med / fast_med, 2),
-        "rows": len(table._rows),
-        "row_kib": round(rows_bytes / 1024, 1),
+        "rows": cache["rows"],
+        "row_kib": round(cache["bytes"] / 1024, 1),
     }
 
 

@@ -105,6 +105,12 @@ class DispatchTable:
         """The configured mode (``config.mode``)."""
         return self.config.mode
 
+    def cache_info(self) -> dict[str, int]:
+        """Precomputed dispatch rows built so far, and their bytes (the rows' tuples only)."""
+        import sys  # noqa: PLC0415 - only this introspection needs it
+
+        return {"rows": len(self._rows), "bytes": sum(sys.getsizeof(r) for r in self._rows.values())}
+
     def keys(self, mode: GraphMode | str) -> frozenset[BatchDescriptor]:
         """The graph keys of runtime mode FULL or PIECEWISE."""
         mode = GraphMode.parse(mode)
