@@ -217,12 +217,25 @@ __device__ __forceinline__ void attention_body(
   ATTN(attention_##DT##_tg##TG##_gb2, TAG, TG, 2) \
   ATTN(attention_##DT##_tg##TG##_gb4, TAG, TG, 4) \
   ATTN(attention_##DT##_tg##TG##_gb8, TAG, TG, 8)
+// Parts 0-5: one per (dtype, TG).
+#if CG_IN_PART(0)
 ATTN_TG(F16, f16, 8)
+#endif
+#if CG_IN_PART(1)
 ATTN_TG(F16, f16, 16)
+#endif
+#if CG_IN_PART(2)
 ATTN_TG(F16, f16, 32)
+#endif
+#if CG_IN_PART(3)
 ATTN_TG(BF16, bf16, 8)
+#endif
+#if CG_IN_PART(4)
 ATTN_TG(BF16, bf16, 16)
+#endif
+#if CG_IN_PART(5)
 ATTN_TG(BF16, bf16, 32)
+#endif
 
 // ============================================================================================
 // Tensor-core flash attention (sm_80+: cp.async, ldmatrix, mma.sync m16n8k16, fp32 accumulate)
@@ -562,10 +575,13 @@ __device__ __forceinline__ void flash_body(
                         num_seqs_ptr, n_seg_cap, mode, causal, skip_single, T, Hq, Hkv, q_stride,    \
                         k_stride, v_stride, scale_log2);                                             \
   }
+// Part 6: every prefill kernel.
+#if CG_IN_PART(6)
 FLASH(flash_f16_d64, F16, 64)
 FLASH(flash_f16_d128, F16, 128)
 FLASH(flash_bf16_d64, BF16, 64)
 FLASH(flash_bf16_d128, BF16, 128)
+#endif
 
 // ---------------------------------------------------------------- paged decode (split-KV)
 // One CTA per (key split, KV head, query row); the G = Hq/Hkv query heads of the KV group are
@@ -791,15 +807,37 @@ __device__ __forceinline__ void flash_decode_body(
 // (no split) several KV heads per CTA, so that each key is one contiguous run of KH*DH*2 bytes:
 // _h2 (2 heads, 8 warps, 64-key tiles), _h2k32 (2 heads, 4 warps, 32-key tiles: half the
 // shared memory, two CTAs per SM), _h4k32 (4 heads, 8 warps, 32-key tiles).
-#define FLASH_DEC_NS(TAG, DT, DH)                             \
+#define FLASH_DEC_SPLITS(TAG, DT, DH)                         \
   FLASH_DEC(flash_decode_##DT##_d##DH##_s1, TAG, DH, 1, 1, 4)    \
   FLASH_DEC(flash_decode_##DT##_d##DH##_s2, TAG, DH, 2, 1, 4)    \
   FLASH_DEC(flash_decode_##DT##_d##DH##_s4, TAG, DH, 4, 1, 4)    \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1, 4)    \
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1, 4)
+#define FLASH_DEC_HEADS(TAG, DT, DH)                          \
   FLASH_DEC(flash_decode_##DT##_d##DH##_h2, TAG, DH, 1, 2, 4)    \
   FLASH_DEC(flash_decode_##DT##_d##DH##_h2k32, TAG, DH, 1, 2, 2) \
   FLASH_DEC(flash_decode_##DT##_d##DH##_h4k32, TAG, DH, 1, 4, 2)
-FLASH_DEC_NS(F16, f16, 64)
-FLASH_DEC_NS(F16, f16, 128)
-FLASH_DEC_NS(BF16, bf16, 64)
-FLASH_DEC_NS(BF16, bf16, 128)
+// Parts 7-14: one per (dtype, D, key-split or several-heads variants).
+#if CG_IN_PART(7)
+FLASH_DEC_SPLITS(F16, f16, 64)
+#endif
+#if CG_IN_PART(8)
+FLASH_DEC_HEADS(F16, f16, 64)
+#endif
+#if CG_IN_PART(9)
+FLASH_DEC_SPLITS(F16, f16, 128)
+#endif
+#if CG_IN_PART(10)
+FLASH_DEC_HEADS(F16, f16, 128)
+#endif
+#if CG_IN_PART(11)
+FLASH_DEC_SPLITS(BF16, bf16, 64)
+#endif
+#if CG_IN_PART(12)
+FLASH_DEC_HEADS(BF16, bf16, 64)
+#endif
+#if CG_IN_PART(13)
+FLASH_DEC_SPLITS(BF16, bf16, 128)
+#endif
+#if CG_IN_PART(14)
+FLASH_DEC_HEADS(BF16, bf16, 128)
+#endif

@@ -1,7 +1,17 @@
 // Shared device helpers for every kernel family.
 // Header-free on purpose: NVRTC compiles these sources with no CUDA include path, so the
-// CPU-only CI build and the GPU build see exactly the same text. The loader pastes this
-// file in place of `#include "common.cuh"` (so CuPy's source-keyed cache sees changes).
+// CPU-only CI build and the GPU build see exactly the same text. The compiler pastes this
+// file in place of `#include "common.cuh"` (so the source-keyed cubin cache sees changes).
+
+// Parts: a large family is compiled as several NVRTC programs (in parallel), each with
+// -DCGRAPH_PART=<n>, and keeps the instantiations guarded by `#if CG_IN_PART(n)` only
+// (cgraph/kernels/families.py lists which part defines which kernel). Without the option
+// every part is compiled.
+#ifdef CGRAPH_PART
+#define CG_IN_PART(n) (CGRAPH_PART == (n))
+#else
+#define CG_IN_PART(n) 1
+#endif
 
 typedef unsigned short u16;
 typedef unsigned int u32;

@@ -6,13 +6,16 @@
 //   gemm_<dt>_<tile>_s<S>: tiled tensor-core kernel; S > 1 splits K over a thread-block
 //     cluster of S CTAs (sm_90) whose fp32 partial tiles are summed through distributed
 //     shared memory: no workspace, one launch, capturable. Needs K % 8 == 0 and 16-byte
-//     aligned a/w (the launcher checks and otherwise uses the fallback).
+//     aligned a/w (the launcher checks and otherwise uses the fallback); out and bias need
+//     element alignment only (the epilogue picks 8-byte stores from out's address).
 //   gemv_<dt>_m<MR> (MR = 1, 2, 4): M <= MR rows; each warp streams one weight row with
-//     16-byte loads and fp32 FMA (decode: the weights' bytes dominate).
+//     16-byte loads and fp32 FMA (decode: the weights' bytes dominate). Same needs as the
+//     tiled kernel (16-byte loads of a and w; scalar stores of out, scalar bias loads).
 //   gemv_<dt>_m8: M <= 32 rows; weights streamed straight into mma.sync fragments, no shared
 //     memory staging, next K group prefetched into registers (see below;
 //     the name is kept from the GEMV family the loader lists).
-//   gemm_fallback_<dt>: any K, any alignment; smem tiles and fp32 FMA (slow, for odd K).
+//   gemm_fallback_<dt>: any K, any element-aligned pointers (scalar loads and stores only);
+//     smem tiles and fp32 FMA (slow, for odd K).
 #include "gemm_common.cuh"
 
 __device__ __forceinline__ void ldmatrix_x4(u32* r, u32 addr) {
@@ -166,21 +169,65 @@ __device__ __forceinline__ void gemm_tile_body(u16* __restrict__ out, const u16*
 //   t64:  64x64,   BK 64, 4 warps (2x2), 4 stages
 //   t128: 128x128, BK 64, 4 warps (2x2, 64x64 per warp), 3 stages
 //   t256: 128x256, BK 64, 8 warps (2x4, 64x64 per warp), 3 stages
-// (BK 64 and 64x64 warp tiles measured 12-29% faster than BK 32 / 64x32 on an H200.)
-#define GEMM_CFGS(TAG, DT, S)                                                    \
+// (BK 64 and 64x64 warp tiles measured faster than BK 32 / 64x32 on an H200: the
+// `python -m cgraph.bench.gemm_tune --candidates` run.)
+#define GEMM_CFGS_SKINNY(TAG, DT, S)                                             \
   GEMM_TILE(gemm_##DT##_t16_s##S, TAG, 16, 64, 64, 1, 4, 4, S)                   \
   GEMM_TILE(gemm_##DT##_t32_s##S, TAG, 32, 64, 64, 1, 4, 4, S)                   \
-  GEMM_TILE(gemm_##DT##_t64_s##S, TAG, 64, 64, 64, 2, 2, 4, S)                   \
+  GEMM_TILE(gemm_##DT##_t64_s##S, TAG, 64, 64, 64, 2, 2, 4, S)
+#define GEMM_CFGS_WIDE(TAG, DT, S)                                               \
   GEMM_TILE(gemm_##DT##_t128_s##S, TAG, 128, 128, 64, 2, 2, 3, S)                \
   GEMM_TILE(gemm_##DT##_t256_s##S, TAG, 128, 256, 64, 2, 4, 3, S)
-GEMM_CFGS(F16, f16, 1)
-GEMM_CFGS(F16, f16, 2)
-GEMM_CFGS(F16, f16, 4)
-GEMM_CFGS(F16, f16, 8)
-GEMM_CFGS(BF16, bf16, 1)
-GEMM_CFGS(BF16, bf16, 2)
-GEMM_CFGS(BF16, bf16, 4)
-GEMM_CFGS(BF16, bf16, 8)
+// Parts 0-15 (compiled as separate NVRTC programs): one per (dtype, split, skinny or wide
+// tiles), in the order f16 s1 s2 s4 s8, then bf16.
+#if CG_IN_PART(0)
+GEMM_CFGS_SKINNY(F16, f16, 1)
+#endif
+#if CG_IN_PART(1)
+GEMM_CFGS_WIDE(F16, f16, 1)
+#endif
+#if CG_IN_PART(2)
+GEMM_CFGS_SKINNY(F16, f16, 2)
+#endif
+#if CG_IN_PART(3)
+GEMM_CFGS_WIDE(F16, f16, 2)
+#endif
+#if CG_IN_PART(4)
+GEMM_CFGS_SKINNY(F16, f16, 4)
+#endif
+#if CG_IN_PART(5)
+GEMM_CFGS_WIDE(F16, f16, 4)
+#endif
+#if CG_IN_PART(6)
+GEMM_CFGS_SKINNY(F16, f16, 8)
+#endif
+#if CG_IN_PART(7)
+GEMM_CFGS_WIDE(F16, f16, 8)
+#endif
+#if CG_IN_PART(8)
+GEMM_CFGS_SKINNY(BF16, bf16, 1)
+#endif
+#if CG_IN_PART(9)
+GEMM_CFGS_WIDE(BF16, bf16, 1)
+#endif
+#if CG_IN_PART(10)
+GEMM_CFGS_SKINNY(BF16, bf16, 2)
+#endif
+#if CG_IN_PART(11)
+GEMM_CFGS_WIDE(BF16, bf16, 2)
+#endif
+#if CG_IN_PART(12)
+GEMM_CFGS_SKINNY(BF16, bf16, 4)
+#endif
+#if CG_IN_PART(13)
+GEMM_CFGS_WIDE(BF16, bf16, 4)
+#endif
+#if CG_IN_PART(14)
+GEMM_CFGS_SKINNY(BF16, bf16, 8)
+#endif
+#if CG_IN_PART(15)
+GEMM_CFGS_WIDE(BF16, bf16, 8)
+#endif
 
 // ---- GEMV-like path for tiny M ------------------------------------------------------------
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
@@ -242,12 +289,15 @@ __device__ __forceinline__ void gemv_body(u16* __restrict__ out, const u16* __re
                                                          int N, int K) {                          \
     gemv_body<TAG, MR>(out, a, w, bias, has_bias, M, N, K);                                       \
   }
+// Part 16: the GEMV, streaming and fallback kernels (small programs).
+#if CG_IN_PART(16)
 GEMV(gemv_f16_m1, F16, 1)
 GEMV(gemv_f16_m2, F16, 2)
 GEMV(gemv_f16_m4, F16, 4)
 GEMV(gemv_bf16_m1, BF16, 1)
 GEMV(gemv_bf16_m2, BF16, 2)
 GEMV(gemv_bf16_m4, BF16, 4)
+#endif
 
 // ---- Streaming tensor-core path for skinny M (kernel name gemv_<dt>_m8) --------------------
 // Every weight element is used by exactly one warp, so weights skip shared memory: each lane
@@ -393,8 +443,10 @@ __device__ __forceinline__ void gemm_stream_body(u16* __restrict__ out, const u1
                                                          int N, int K) {                          \
     gemm_stream_body<TAG, 2, 2, 4>(out, a, w, bias, has_bias, M, N, K);                           \
   }
+#if CG_IN_PART(16)
 GEMM_STREAM(gemv_f16_m8, F16)
 GEMM_STREAM(gemv_bf16_m8, BF16)
+#endif
 
 // ---- Fallback: any K and alignment (scalar loads, fp32 FMA) --------------------------------
 template <class D>
@@ -424,5 +476,7 @@ __device__ __forceinline__ void gemm_fallback_body(u16* __restrict__ out, const 
                                                          int N, int K) {                          \
     gemm_fallback_body<TAG>(out, a, w, bias, has_bias, M, N, K);                                  \
   }
+#if CG_IN_PART(16)
 GEMM_FB(gemm_fallback_f16, F16)
 GEMM_FB(gemm_fallback_bf16, BF16)
+#endif

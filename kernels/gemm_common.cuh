@@ -54,7 +54,9 @@ __device__ __forceinline__ void tile_store_epilogue(float* Cs, int split, u16* _
   if (SPLIT > 1) cluster_sync_all(); else __syncthreads();
   constexpr int LDC = BN + 4;
   constexpr int ROWS = BM / SPLIT;
-  const bool vec_out = (N % 4) == 0;
+  // 8-byte stores of 4 outputs need every row start 8-byte aligned: N % 4 == 0 and out itself
+  // 8-byte aligned (a view may start at any element); otherwise element stores
+  const bool vec_out = (N % 4) == 0 && (reinterpret_cast<unsigned long long>(out) & 7ull) == 0;
   for (int idx = tid; idx < ROWS * (BN / 4); idx += NT) {
     const int r = split * ROWS + idx / (BN / 4);
     const int c = (idx % (BN / 4)) * 4;

@@ -11,7 +11,8 @@
 //   distributed shared memory (gemm_common.cuh), as in the mma.sync kernels: one launch, no
 //   workspace, no atomics, a fixed summation order. Tensor maps are encoded on the host
 //   (cgraph/kernels/tensor_map.py) and passed by value. Needs K % 8 == 0 and 16-byte
-//   aligned a and w (the TMA's global-address rules).
+//   aligned a and w (the TMA's global-address rules); out and bias need element alignment
+//   only (the shared epilogue picks 8-byte stores from out's address).
 #include "gemm_common.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -231,9 +232,22 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
   GEMM_TMA(gemm_##DT##_w128x64s8_s##S, TAG, 2, 64, 8, S)         \
   GEMM_TMA(gemm_##DT##_w128x128s6_s##S, TAG, 2, 128, 6, S)       \
   GEMM_TMA(gemm_##DT##_w128x256s4_s##S, TAG, 2, 256, 4, S)
+// Parts 0-5 (compiled as separate NVRTC programs): one per (dtype, split).
+#if CG_IN_PART(0)
 GEMM_TMA_CFGS(F16, f16, 1)
+#endif
+#if CG_IN_PART(1)
 GEMM_TMA_CFGS(F16, f16, 2)
+#endif
+#if CG_IN_PART(2)
 GEMM_TMA_CFGS(F16, f16, 4)
+#endif
+#if CG_IN_PART(3)
 GEMM_TMA_CFGS(BF16, bf16, 1)
+#endif
+#if CG_IN_PART(4)
 GEMM_TMA_CFGS(BF16, bf16, 2)
+#endif
+#if CG_IN_PART(5)
 GEMM_TMA_CFGS(BF16, bf16, 4)
+#endif

@@ -1,8 +1,9 @@
-"""Launcher argument checks (no device needed), GEMM planning and the NumPy references.
+"""Launcher argument checks (no device needed), GEMM planning and tensor-map encoding.
 
-The launchers validate shapes, dtypes and strides before touching the device, so NumPy
-arrays stand in for device arrays here: a bad argument raises ValueError/TypeError naming
-it; a good one gets as far as the device check, which rejects host memory with TypeError.
+The launchers validate shapes, dtypes, strides and addresses before touching the device,
+so NumPy arrays stand in for device arrays here: a bad argument raises ArgumentError /
+ArgumentTypeError naming it; a good one gets as far as the device check, which rejects
+host memory last.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 import cgraph.kernels as K
-from cgraph.kernels import reference as ref
+from cgraph.core.errors import ArgumentError, ArgumentTypeError, CgraphError
 from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_SPLITS,
                                       WGMMA_TILES, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
+from cgraph.kernels.spec import Arr, Spec
 from cgraph.kernels.tensor_map import encode_2d
 
 RNG = np.random.default_rng()
@@ -29,9 +31,18 @@ def i32(shape):
     return RNG.integers(0, 10, size=shape).astype(np.int32)
 
 
+def at_offset(x: np.ndarray, nbytes: int) -> np.ndarray:
+    """A copy of x whose first element sits `nbytes` past a 64-byte boundary (host memory)."""
+    buf = np.zeros(x.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + nbytes
+    view = buf[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    view[...] = x
+    return view
+
+
 def reaches_device(fn):
     """A call whose arguments are valid fails only at the host-memory check."""
-    with pytest.raises(TypeError, match="CuPy array on the GPU"):
+    with pytest.raises(ArgumentTypeError, match="CuPy array on the GPU"):
         fn()
 
 
@@ -41,45 +52,83 @@ def test_valid_arguments_reach_the_device_check():
     reaches_device(lambda: K.rms_norm(h((4, 8)), h(8), 1e-6, out=h((4, 8)), residual=h((4, 8))))
     reaches_device(lambda: K.silu_and_mul(h((3, 16)), out=h((3, 8))))
     reaches_device(lambda: K.gemm(h((3, 16)), h((5, 16)), out=h((3, 5)), bias=h(5)))
+    reaches_device(lambda: K.patch_embed(h((3, 16)), h((5, 16)), out=h((3, 5))))
     reaches_device(lambda: K.argmax(h((2, 50)), out=i32(2)))
+    reaches_device(lambda: K.feed_tokens(i32(7), i32(7), i32(3)))
     qkv = h((6, 3 * 2 * 8))
     reaches_device(lambda: K.rotary_embedding(i32(6), qkv[:, :16], qkv[:, 16:32],
                                               np.zeros((20, 8), np.float32), head_size=8))
 
 
+def test_element_aligned_views_reach_the_device_check():
+    # 2 bytes past a boundary is a whole fp16 element: the scalar kernels serve it
+    reaches_device(lambda: K.rms_norm(at_offset(h((4, 8)), 2), h(8), 1e-6, out=at_offset(h((4, 8)), 2)))
+    reaches_device(lambda: K.gemm(at_offset(h((3, 16)), 2), h((5, 16)), out=at_offset(h((3, 5)), 2),
+                                  bias=at_offset(h(5), 6)))
+    reaches_device(lambda: K.embedding(at_offset(i32(5), 4), h((10, 8)), out=h((5, 8))))
+
+
 @pytest.mark.parametrize("call, err, pattern", [
-    (lambda: K.embedding(i32(5).astype(np.int64), h((10, 8)), out=h((5, 8))), TypeError, "ids has dtype int64"),
-    (lambda: K.embedding(i32(5), h((10, 8)), out=h((5, 9))), ValueError, r"out has shape \[5, 9\]"),
-    (lambda: K.embedding(i32(5), h((10, 8)), out=h((5, 8), np.float32)), TypeError, "out has dtype float32"),
-    (lambda: K.rms_norm(h((4, 8)), h(7), 1e-6, out=h((4, 8))), ValueError, "weight has shape"),
-    (lambda: K.rms_norm(h((4, 8)), h(8), 1e-6, out=h((4, 8)), residual=h((3, 8))), ValueError, "residual has shape"),
-    (lambda: K.rms_norm(h((4, 8)), h(8), -1.0, out=h((4, 8))), ValueError, "eps"),
-    (lambda: K.rms_norm(h((4, 8)).T, h(4), 1e-6, out=h((8, 4))), ValueError, "C-contiguous"),
+    (lambda: K.embedding(i32(5).astype(np.int64), h((10, 8)), out=h((5, 8))), ArgumentTypeError, "ids has dtype int64"),
+    (lambda: K.embedding(i32(5), h((10, 8)), out=h((5, 9))),
+     ArgumentError, r"out has shape \[5, 9\]; expected \[5, 8\] \(= \[T, H\]; T from ids, H from table\)"),
+    (lambda: K.embedding(i32(5), h((10, 8)), out=h((5, 8), np.float32)), ArgumentTypeError,
+     "out has dtype float32 but must match table's dtype float16"),
+    (lambda: K.embedding(i32(5), [[1.0]], out=h((5, 8))), ArgumentTypeError, "table must be an array"),
+    (lambda: K.rms_norm(h((4, 8)), h(7), 1e-6, out=h((4, 8))), ArgumentError, "weight has shape"),
+    (lambda: K.rms_norm(h((4, 8)), h(8), 1e-6, out=h((4, 8)), residual=h((3, 8))), ArgumentError, "residual has shape"),
+    (lambda: K.rms_norm(h((4, 8)), h(8), -1.0, out=h((4, 8))), ArgumentError, "eps must be a float >= 0"),
+    (lambda: K.rms_norm(h((4, 8)).T, h(4), 1e-6, out=h((8, 4))), ArgumentError, "C-contiguous"),
     (lambda: K.rms_norm(h((4, 8)).astype(np.float64), h(8, np.float64), 1e-6, out=h((4, 8), np.float64)),
-     TypeError, "x has dtype float64"),
-    (lambda: K.silu_and_mul(h((3, 15)), out=h((3, 7))), ValueError, "even last dim"),
-    (lambda: K.silu_and_mul(h((3, 16)), out=h((3, 16))), ValueError, r"expected \[3, 8\]"),
-    (lambda: K.gemm(h((3, 16)), h((5, 17)), out=h((3, 5))), ValueError, "K=17 must equal"),
-    (lambda: K.gemm(h((3, 16)), h((5, 16)), out=h((5, 3))), ValueError, r"expected \[3, 5\]"),
+     ArgumentTypeError, "x has dtype float64"),
+    (lambda: K.rms_norm(h((4, 8, 2)), h(8), 1e-6, out=h((4, 8))), ArgumentError,
+     r"x has shape \[4, 8, 2\]; expected 2 dims"),
+    (lambda: K.silu_and_mul(h((3, 15)), out=h((3, 7))), ArgumentError, r"dim 1 is 15, not 2\*I"),
+    (lambda: K.silu_and_mul(h((3, 16)), out=h((3, 16))), ArgumentError, r"expected \[3, 8\]"),
+    (lambda: K.gemm(h((3, 16)), h((5, 17)), out=h((3, 5))), ArgumentError,
+     r"w has shape \[5, 17\]; expected \[5, 16\] \(= \[N, K\]; N from w, K from a\) \(w is \[N, K\]"),
+    (lambda: K.gemm(h((3, 16)), h((5, 16)), out=h((5, 3))), ArgumentError, r"expected \[3, 5\]"),
     (lambda: K.gemm(h((3, 16), np.float32), h((5, 16), np.float32), out=h((3, 5), np.float32)),
-     TypeError, "float16, bfloat16"),
-    (lambda: K.gemm(h((3, 16)), h((5, 16)), out=h((3, 5)), bias=h(3)), ValueError, "bias has shape"),
-    (lambda: K.gemm(h((3, 32))[:, ::2], h((5, 16)), out=h((3, 5))), ValueError, "a must be C-contiguous"),
-    (lambda: K.argmax(h((2, 50)), out=i32(3)), ValueError, "out has shape"),
-    (lambda: K.argmax(h((2, 50)), out=h(2)), TypeError, "out has dtype float16"),
+     ArgumentTypeError, "float16, bfloat16"),
+    (lambda: K.gemm(h((3, 16)), h((5, 16)), out=h((3, 5)), bias=h(3)), ArgumentError, "bias has shape"),
+    (lambda: K.gemm(h((3, 32))[:, ::2], h((5, 16)), out=h((3, 5))), ArgumentError, "a must be C-contiguous"),
+    (lambda: K.gemm(h((3, 0)), h((5, 0)), out=h((3, 5))), ArgumentError, "gemm needs K >= 1"),
+    (lambda: K.patch_embed(h((3, 16)), h((5, 12)), out=h((3, 5))), ArgumentError, "weight has shape"),
+    (lambda: K.argmax(h((2, 50)), out=i32(3)), ArgumentError, "out has shape"),
+    (lambda: K.argmax(h((2, 50)), out=h(2)), ArgumentTypeError, "out has dtype float16"),
+    (lambda: K.argmax(h((2, 0)), out=i32(2)), ArgumentError, "argmax needs V >= 1"),
+    (lambda: K.feed_tokens(i32(7), i32(6), i32(3)), ArgumentError, r"token_source has shape \[6\]; expected \[7\]"),
+    (lambda: K.feed_tokens(i32(7), i32(7), h(3)), ArgumentTypeError, "sampled has dtype float16"),
     (lambda: K.rotary_embedding(i32(6), h((6, 16)), h((6, 16)), np.zeros((20, 8), np.float32), head_size=7),
-     ValueError, "even"),
+     ArgumentError, "even"),
     (lambda: K.rotary_embedding(i32(6), h((6, 16)), h((6, 16)), np.zeros((20, 8), np.float16), head_size=8),
-     TypeError, "cos_sin_cache has dtype float16"),
+     ArgumentTypeError, "cos_sin_cache has dtype float16"),
     (lambda: K.rotary_embedding(i32(6), h((6, 12)), h((6, 16)), np.zeros((20, 8), np.float32), head_size=8),
-     ValueError, "not a multiple of head_size"),
+     ArgumentError, "not a multiple of head_size"),
     (lambda: K.rotary_embedding(i32(6), h((6, 16)), h((6, 16)), np.zeros((20, 6), np.float32), head_size=8),
-     ValueError, "cos_sin_cache has shape"),
+     ArgumentError, r"cos_sin_cache has shape \[20, 6\].*make_cos_sin_cache"),
     (lambda: K.rotary_embedding(i32(6), h((6, 4, 8))[:, :, ::2], h((6, 16)), np.zeros((20, 4), np.float32),
-                                head_size=4), ValueError, "contiguous within each row"),
+                                head_size=4), ArgumentError, "contiguous within each row"),
+    (lambda: K.rotary_embedding(i32(6), h((6, 4, 8))[::-1], h((6, 16)), np.zeros((20, 8), np.float32),
+                                head_size=8), ArgumentError, "row stride is -64 bytes"),
 ])
 def test_bad_arguments_raise_clear_errors(call, err, pattern):
-    with pytest.raises(err, match=pattern):
+    with pytest.raises(err, match=pattern) as info:
+        call()
+    assert isinstance(info.value, CgraphError)
+
+
+@pytest.mark.parametrize("call, arg", [
+    (lambda: K.rms_norm(at_offset(h((4, 8)), 1), h(8), 1e-6, out=h((4, 8))), "x"),
+    (lambda: K.rms_norm(h((4, 8)), h(8), 1e-6, out=at_offset(h((4, 8)), 3)), "out"),
+    (lambda: K.gemm(h((3, 16)), h((5, 16)), out=h((3, 5)), bias=at_offset(h(5), 1)), "bias"),
+    (lambda: K.embedding(at_offset(i32(5), 2), h((10, 8)), out=h((5, 8))), "ids"),
+    (lambda: K.argmax(h((2, 50)), out=at_offset(i32(2), 2)), "out"),
+    (lambda: K.rotary_embedding(i32(6), h((6, 16)), h((6, 16)), at_offset(np.zeros((20, 8), np.float32), 2),
+                                head_size=8), "cos_sin_cache"),
+])
+def test_views_that_split_an_element_are_rejected(call, arg):
+    with pytest.raises(ArgumentError, match=rf"^{arg} starts at address 0x[0-9a-f]+, not a multiple of its element"):
         call()
 
 
@@ -89,43 +138,79 @@ def _paged_args(t=4, hq=8, hkv=2, d=64, s=3, nb=6, bs=16, max_blocks=4):
                 num_seqs=i32(1), max_query_len=1, scale=0.125)
 
 
+def _paged(args):
+    return K.paged_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"), **args)
+
+
 def test_paged_attention_valid_arguments_reach_device():
-    args = _paged_args()
-    reaches_device(lambda: K.paged_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"), **args))
+    reaches_device(lambda: _paged(_paged_args()))
 
 
 @pytest.mark.parametrize("change, err, pattern", [
-    (dict(q=h((4, 6, 64))), ValueError, r"out has shape"),
-    (dict(q=h((4, 7, 64)), out=h((4, 7, 64))), ValueError, "multiple of KV heads"),
-    (dict(seq_lens=i32(4)), ValueError, "seq_lens has shape"),
-    (dict(query_start_loc=i32(3)), ValueError, "query_start_loc has shape"),
-    (dict(num_seqs=i32(2)), ValueError, "num_seqs has shape"),
-    (dict(block_tables=i32((3, 4)).astype(np.int64)), TypeError, "block_tables has dtype int64"),
-    (dict(max_query_len=0), ValueError, "max_query_len"),
-    (dict(k_cache=h((6, 16, 2, 32))), ValueError, "D=64"),
-    (dict(v_cache=h((6, 8, 2, 64))), ValueError, "v_cache has shape"),
+    (dict(q=h((4, 6, 64))), ArgumentError, r"out has shape"),
+    (dict(q=h((4, 7, 64)), out=h((4, 7, 64))), ArgumentError, "multiple of KV heads"),
+    (dict(seq_lens=i32(4)), ArgumentError, r"seq_lens has shape \[4\]; expected \[3\]"),
+    (dict(query_start_loc=i32(3)), ArgumentError, r"query_start_loc has shape \[3\]; expected \[4\]"),
+    (dict(num_seqs=i32(2)), ArgumentError, "num_seqs has shape"),
+    (dict(block_tables=i32((3, 4)).astype(np.int64)), ArgumentTypeError, "block_tables has dtype int64"),
+    (dict(max_query_len=0), ArgumentError, "max_query_len"),
+    (dict(scale="0.1"), ArgumentTypeError, "scale must be a float"),
+    (dict(k_cache=h((6, 16, 2, 32))), ArgumentError,
+     r"k_cache has shape \[6, 16, 2, 32\]; expected \[6, 16, 2, 64\].*D from q"),
+    (dict(v_cache=h((6, 8, 2, 64))), ArgumentError, "v_cache has shape"),
+    (dict(q=h((4, 8, 12)), out=h((4, 8, 12)), k_cache=h((6, 16, 2, 12)), v_cache=h((6, 16, 2, 12))),
+     ArgumentError, "head size D=12 must be a multiple of 8"),
+    (dict(q=at_offset(h((4, 8, 64)), 8)), ArgumentError, "q starts at address .* 8 bytes past a 16-byte boundary"),
+    (dict(out=at_offset(h((4, 8, 64)), 4)), ArgumentError, "out starts at address .*16-byte pieces"),
+    (dict(k_cache=at_offset(h((6, 16, 2, 64)), 2)), ArgumentError, "k_cache starts at address"),
+    (dict(seq_lens=at_offset(i32(3), 2)), ArgumentError, "seq_lens starts at address .* element size"),
 ])
 def test_paged_attention_bad_arguments(change, err, pattern):
     args = _paged_args()
     args.update(change)
     with pytest.raises(err, match=pattern):
-        K.paged_attention(args.pop("q"), args.pop("k_cache"), args.pop("v_cache"), **args)
+        _paged(args)
 
 
 def test_varlen_and_cache_argument_checks():
     q, k, v, out = h((9, 4, 64)), h((9, 2, 64)), h((9, 2, 64)), h((9, 4, 64))
     reaches_device(lambda: K.varlen_attention(q, k, v, out=out, cu_seqlens=i32(3), max_seqlen=9,
                                               causal=True, scale=0.1))
-    with pytest.raises(ValueError, match="v has shape"):
+    with pytest.raises(ArgumentError, match="v has shape"):
         K.varlen_attention(q, k, h((9, 1, 64)), out=out, cu_seqlens=i32(3), max_seqlen=9, causal=True, scale=0.1)
-    with pytest.raises(ValueError, match="cu_seqlens must be"):
+    with pytest.raises(ArgumentError, match="varlen_attention needs N >= 1, got N=0"):
         K.varlen_attention(q, k, v, out=out, cu_seqlens=i32(1), max_seqlen=9, causal=False, scale=0.1)
+    qkv = h((9, 4 + 2 * 2, 64 + 4))[:, :, :64]  # rows padded by 4 elements: inner dims not contiguous
+    with pytest.raises(ArgumentError, match="contiguous within each row"):
+        K.varlen_attention(qkv[:, :4], k, v, out=out, cu_seqlens=i32(3), max_seqlen=9, causal=True, scale=0.1)
+    rows = h((9, 4 * 64 + 4))[:, :4 * 64].reshape(9, 4, 64)  # row stride 260 elements: not 16-byte multiples
+    with pytest.raises(ArgumentError, match="q rows are 260 elements apart; the stride must be a multiple of 8"):
+        K.varlen_attention(rows, k, v, out=out, cu_seqlens=i32(3), max_seqlen=9, causal=True, scale=0.1)
     kc = h((5, 16, 2, 64))
     reaches_device(lambda: K.reshape_and_cache(k, v, kc, h((5, 16, 2, 64)), i32(9)))
-    with pytest.raises(ValueError, match=r"k has shape \[9, 2, 64\]; expected \[8, 2, 64\]"):
+    with pytest.raises(ArgumentError, match=r"k has shape \[9, 2, 64\]; expected \[8, 2, 64\] "
+                                            r"\(= \[T, Hkv, D\]; T from slot_mapping, Hkv and D from k_cache\)"):
         K.reshape_and_cache(k, v, kc, h((5, 16, 2, 64)), i32(8))
-    with pytest.raises(TypeError, match="v_cache has dtype float32"):
+    with pytest.raises(ArgumentTypeError, match="v_cache has dtype float32"):
         K.reshape_and_cache(k, v, kc, h((5, 16, 2, 64), np.float32), i32(9))
+
+
+def test_spec_binds_symbols_and_reports_their_origin():
+    spec = Spec("demo", Arr("x", ("T", "2*I"), ("float16",)), Arr("y", ("T+1", "I", "..."), like="x"),
+                Arr("z", ("I",), like="x", optional=True))
+    b = spec.bind(x=h((3, 8)), y=h((4, 4, 2, 5)), z=None)
+    assert b.dims == {"T": 3, "I": 4} and "z" not in b.dtypes and b.host_arrays == {"x": "numpy.ndarray",
+                                                                                  "y": "numpy.ndarray"}
+    assert b.aligned(2, "x", "y") and b.row_strides == {}
+    with pytest.raises(ArgumentError, match=r"y has shape \[3, 4, 2\]; expected \[4, 4, \.\.\.\] "
+                                            r"\(= \[T\+1, I, \.\.\.\]; T and I from x\)"):
+        spec.bind(x=h((3, 8)), y=h((3, 4, 2)), z=None)
+    with pytest.raises(ArgumentError, match=r"y has shape \[4\]; expected 3 or more dims"):
+        spec.bind(x=h((3, 8)), y=h(4), z=None)
+    with pytest.raises(ArgumentTypeError, match="demo: x is required"):
+        spec.bind(x=None, y=h(4), z=None)
+    with pytest.raises(ArgumentError, match="give exactly one of dtypes= and like="):
+        Arr("bad", ("T",))
 
 
 # ------------------------------------------------------------------ GEMM planning
@@ -153,14 +238,15 @@ def test_gemm_plan_split_only_with_clusters_and_fallback_when_unaligned():
     assert plan_gemm(16, 1024, 4096, aligned=True, sm_count=132, cluster=True, tile="t16").grid[2] > 1
     assert plan_gemm(64, 1024, 4096, aligned=True, sm_count=132, cluster=False).kernel.endswith("_s1")
     assert plan_gemm(64, 1024, 4096, aligned=True, sm_count=132, cluster=True).grid[2] > 1
-    with pytest.raises(ValueError, match="M <= 32"):
+    with pytest.raises(ArgumentError, match="M <= 32"):
         plan_gemm(33, 1024, 4096, aligned=True, sm_count=132, cluster=True, streaming=True)
-    with pytest.raises(ValueError, match="warps"):
+    with pytest.raises(ArgumentError, match="warps"):
         plan_gemm(8, 1024, 4096, aligned=True, sm_count=132, cluster=True, streaming=True, warps=3)
     assert plan_gemm(100, 768, 588, aligned=False, sm_count=132, cluster=True).kind == "fallback"
-    with pytest.raises(ValueError, match="clusters"):
+    assert plan_gemm(100, 768, 4096, aligned=False, sm_count=132, cluster=True, tile="t64").kind == "fallback"
+    with pytest.raises(ArgumentError, match="clusters"):
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=False, tile="t16", split=4)
-    with pytest.raises(ValueError, match="tile"):
+    with pytest.raises(ArgumentError, match="tile"):
         plan_gemm(16, 1024, 4096, aligned=True, sm_count=108, cluster=True, tile="t48")
 
 
@@ -210,9 +296,9 @@ def test_wgmma_plan_only_where_the_device_runs_it():
     assert plan_gemm(16, 4096, 1024, wgmma=True, tile="t16", **kw).kind == "tile"
     assert plan_gemm(100, 4096, 1026, wgmma=True, aligned=False, sm_count=132, cluster=True).kind == "fallback"
     assert plan_gemm(8, 512, 64, wgmma=True, tile="w128x64s8", **kw).kind == "wgmma"
-    with pytest.raises(ValueError, match="compute capability 9.0"):
+    with pytest.raises(ArgumentError, match="compute capability 9.0"):
         plan_gemm(100, 4096, 1024, tile="w128x128s6", **kw)
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ArgumentError, match="split must be one of"):
         plan_gemm(100, 4096, 1024, wgmma=True, tile="w128x128s6", split=8, **kw)
 
 
@@ -225,73 +311,22 @@ def test_wgmma_tile_choice_follows_the_output_size():
 
 
 def test_tensor_map_rejects_what_the_tma_cannot_address():
-    with pytest.raises(ValueError, match="16-byte aligned.*0x1002"):
+    with pytest.raises(ArgumentError, match="16-byte aligned.*0x1002"):
         encode_2d(0x1002, 16, 64, 128)
-    with pytest.raises(ValueError, match=r"cols % 8 == 0.*\[16, 60\]"):
+    with pytest.raises(ArgumentError, match=r"cols % 8 == 0.*\[16, 60\]"):
         encode_2d(0x1000, 16, 60, 128)
-    with pytest.raises(ValueError, match="box 300x64"):
+    with pytest.raises(ArgumentError, match="box 300x64"):
         encode_2d(0x1000, 16, 64, 300)
-    with pytest.raises(ValueError, match="box 64x32"):
+    with pytest.raises(ArgumentError, match="box 64x32"):
         encode_2d(0x1000, 16, 64, 64, box_cols=32)
 
 
-# ------------------------------------------------------------------ references
-def test_reference_rotary_is_a_rotation_and_skips_bad_positions():
-    t, d = 9, 16
-    cache = ref.cos_sin_cache(64, d)
-    x = RNG.standard_normal((t, 3 * d))
-    pos = RNG.integers(0, 64, size=t).astype(np.int32)
-    pos[2] = -1
-    y = ref.rotary_embedding(pos, x, cache, d)
-    pair_norm = lambda a: np.hypot(a.reshape(t, 3, d)[..., : d // 2], a.reshape(t, 3, d)[..., d // 2:])
-    np.testing.assert_allclose(pair_norm(y), pair_norm(x), rtol=1e-6)
-    np.testing.assert_array_equal(y[2], x[2])
-    zero = ref.rotary_embedding(np.zeros(t, np.int32), x, cache, d)
-    np.testing.assert_allclose(zero, x, rtol=1e-12)
-
-
-def test_reference_paged_attention_matches_varlen_on_a_contiguous_layout():
-    bs, hkv, hq, d = 4, 2, 6, 8
-    lens = [5, 1, 9]
-    kc, vc = RNG.standard_normal((8, bs, hkv, d)), RNG.standard_normal((8, bs, hkv, d))
-    perm = RNG.permutation(8)
-    tables = np.full((3, 3), -1, np.int32)
-    k_rows, v_rows, used = [], [], 0
-    for s, n in enumerate(lens):
-        nblk = -(-n // bs)
-        tables[s, :nblk] = perm[used:used + nblk]
-        used += nblk
-        keys = np.arange(n)
-        k_rows.append(kc[tables[s, keys // bs], keys % bs])
-        v_rows.append(vc[tables[s, keys // bs], keys % bs])
-    q = RNG.standard_normal((sum(lens), hq, d))
-    qsl = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-    paged = ref.paged_attention(q, kc, vc, tables, np.array(lens, np.int32), qsl, 3, 0.3)
-    varlen = ref.varlen_attention(q, np.concatenate(k_rows), np.concatenate(v_rows), qsl, True, 0.3)
-    np.testing.assert_allclose(paged, varlen, rtol=1e-12)
-
-
-def test_reference_unfold_patches_matches_explicit_loop():
-    c, p = 3, 4
-    img = RNG.standard_normal((c, 8, 12))
-    got = ref.unfold_patches(img, p)
-    rows = [img[:, y * p:(y + 1) * p, x * p:(x + 1) * p].reshape(-1) for y in range(2) for x in range(3)]
-    np.testing.assert_array_equal(got, np.stack(rows))
-    np.testing.assert_array_equal(K.unfold_patches(img, p), got)
-    with pytest.raises(ValueError, match="patch=5"):
-        K.unfold_patches(img, 5)
-
-
-def test_reference_rms_norm_with_residual_returns_sum():
-    x, r, w = RNG.standard_normal((3, 10)), RNG.standard_normal((3, 10)), RNG.standard_normal(10)
-    out, new_r = ref.rms_norm(x, w, 1e-6, residual=r)
-    np.testing.assert_allclose(new_r, x + r)
-    z = x + r
-    np.testing.assert_allclose(out, z / np.sqrt((z ** 2).mean(-1, keepdims=True) + 1e-6) * w)
-
-
-def test_reference_embedding_zero_rows_for_out_of_range_ids():
-    table = RNG.standard_normal((5, 4))
-    out = ref.embedding(np.array([0, 4, -1, 5, 2], np.int32), table)
-    np.testing.assert_array_equal(out[[0, 1, 4]], table[[0, 4, 2]])
-    assert not out[[2, 3]].any()
+def test_host_helpers_check_their_arguments():
+    with pytest.raises(ArgumentError, match="patch=5"):
+        K.unfold_patches(h((3, 8, 12)), 5)
+    with pytest.raises(ArgumentError, match="image must be"):
+        K.unfold_patches(h((8, 12)), 4)
+    with pytest.raises(ArgumentError, match="max_pos must be a host int >= 1"):
+        K.make_cos_sin_cache(0, 8)
+    with pytest.raises(ArgumentError, match="head_size must be a positive even int"):
+        K.make_cos_sin_cache(16, 7)

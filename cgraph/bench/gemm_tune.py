@@ -20,9 +20,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cgraph.bench.kernels import GEMM_SHAPES, Timer, random_array
+from cgraph.core.errors import ArgumentError, KernelCompileError
 from cgraph.cuda.device import require_device
-from cgraph.bench.kernels import GEMM_SHAPES, Timer, _rand
-from cgraph.kernels.loader import OPTIONS, family_source
+from cgraph.kernels.compiler import OPTIONS, compile_source, family_source, shorten_log
+from cgraph.kernels.matmul import launch_gemm
 
 #: candidate name -> (BM, BN, BK, WARPS_M, WARPS_N, STAGES)
 CANDIDATES: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -51,16 +53,24 @@ def smem_bytes(bm: int, bn: int, bk: int, stages: int) -> int:
     return max(stages * (bm + bn) * (bk + 8) * 2, bm * (bn + 4) * 4)
 
 
-def build(cp: Any) -> Any:
+def build(cp: Any, folder: Path) -> Any:
+    """The candidate tiles as one module: kernels/gemm.cu's templates with none of its own
+    instantiations (-DCGRAPH_PART=-1), compiled by the same NVRTC path as the families."""
     lines = [family_source("gemm")]
     for name, (bm, bn, bk, wm, wn, st) in CANDIDATES.items():
         for s in SPLITS:
             lines.append(f"GEMM_TILE(tune_{name}_s{s}, F16, {bm}, {bn}, {bk}, {wm}, {wn}, {st}, {s})")
-    return cp.RawModule(code="\n".join(lines), options=OPTIONS, backend="nvrtc")
+    arch = int(cp.cuda.Device().compute_capability)
+    cubin, log = compile_source("\n".join(lines), "gemm_tune.cu", (*OPTIONS, f"-arch=sm_{arch}", "-DCGRAPH_PART=-1"))
+    if cubin is None:
+        raise KernelCompileError(f"the gemm_tune candidates failed to compile: {shorten_log(log, None)}")
+    path = folder / "gemm_tune_candidates.cubin"
+    path.write_bytes(cubin)
+    return cp.RawModule(path=str(path))
 
 
 def plan_alternatives(m: int) -> list[dict]:
-    """Forced plans to time at m rows (keyword arguments of cgraph.kernels.ops._gemm_launch)."""
+    """Forced plans to time at m rows (keyword arguments of cgraph.kernels.matmul.launch_gemm)."""
     from cgraph.kernels.gemm_plan import STREAM_MAX_M, STREAM_WARPS
 
     alts: list[dict] = [{}]
@@ -72,8 +82,6 @@ def plan_alternatives(m: int) -> list[dict]:
 
 
 def tune_plans(cp: Any, ms: list[int]) -> list[dict]:
-    from cgraph.kernels import ops
-
     timer = Timer(cp)
     d = cp.float16
     results: list[dict] = []
@@ -81,8 +89,8 @@ def tune_plans(cp: Any, ms: list[int]) -> list[dict]:
         for m in ms:
             wbytes = (n * kdim + m * kdim) * 2
             copies = max(1, min(16, math.ceil((256 << 20) / wbytes)))
-            ws = [_rand(cp, (n, kdim), d, 1 / math.sqrt(kdim)) for _ in range(copies)]
-            As = [_rand(cp, (m, kdim), d) for _ in range(copies)]
+            ws = [random_array(cp, (n, kdim), d, 1 / math.sqrt(kdim)) for _ in range(copies)]
+            As = [random_array(cp, (m, kdim), d) for _ in range(copies)]
             out = cp.empty((m, n), d)
             ref = cp.matmul(As[0], ws[0].T).astype(cp.float32)
             state = {"i": 0}
@@ -98,8 +106,8 @@ def tune_plans(cp: Any, ms: list[int]) -> list[dict]:
             for force in plan_alternatives(m):
                 try:
                     out.fill(float("nan"))
-                    plan = ops._gemm_launch(As[0], ws[0], out, None, None, **force)
-                except ValueError as exc:
+                    plan = launch_gemm(As[0], ws[0], out=out, **force)
+                except ArgumentError as exc:
                     print(f"skip {force}: {exc}")
                     continue
                 got = out.astype(cp.float32)
@@ -108,7 +116,7 @@ def tune_plans(cp: Any, ms: list[int]) -> list[dict]:
                 if not math.isfinite(err) or err > 5e-3:
                     print(f"WRONG {label} M={m} N={n} K={kdim}: rel err {err}", flush=True)
                     continue
-                t = timer(rot(lambda a, w, f=force: ops._gemm_launch(a, w, out, None, None, **f)))
+                t = timer(rot(lambda a, w, f=force: launch_gemm(a, w, out=out, **f)))
                 results.append({"N": n, "K": kdim, "M": m, "plan": label, "us": t * 1e6,
                                 "cublas_us": cub * 1e6, "pct": 100 * cub / t})
                 line.append(results[-1])
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "gemm_tune.json").write_text(json.dumps({"results": res}, indent=1))
         return 0
     ms = [int(x) for x in (args.ms or ",".join(map(str, MS))).split(",")]
-    mod = build(cp)
+    mod = build(cp, folder)
     kern: dict[tuple[str, int], Any] = {}
     for name, (bm, bn, bk, wm, wn, st) in CANDIDATES.items():
         for s in SPLITS:
@@ -175,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in ms:
             wbytes = (n * kdim + m * kdim) * 2
             copies = max(1, min(16, math.ceil((256 << 20) / wbytes)))
-            ws = [_rand(cp, (n, kdim), d, 1 / math.sqrt(kdim)) for _ in range(copies)]
-            As = [_rand(cp, (m, kdim), d) for _ in range(copies)]
+            ws = [random_array(cp, (n, kdim), d, 1 / math.sqrt(kdim)) for _ in range(copies)]
+            As = [random_array(cp, (m, kdim), d) for _ in range(copies)]
             out = cp.empty((m, n), d)
             ref = cp.matmul(As[0], ws[0].T).astype(cp.float32)
             state = {"i": 0}

@@ -67,7 +67,8 @@ class Timer:
         return statistics.median(times)
 
 
-def _rand(cp: Any, shape, dtype, scale=1.0):
+def random_array(cp: Any, shape, dtype, scale=1.0):
+    """Device array of normal samples (times `scale`) in `dtype`; bf16 rounded to nearest even."""
     x = cp.random.standard_normal(shape, dtype=cp.float32) * scale
     if np.dtype(dtype).name == "bfloat16":  # round to nearest even with integer ops only
         u = x.view(cp.uint32)
@@ -105,17 +106,18 @@ def memory_bound_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) ->
         print(rows[-1], flush=True)
 
     t, h = 16384, 8192
-    x, res, w, out = _rand(cp, (t, h), d), _rand(cp, (t, h), d), _rand(cp, (h,), d), cp.empty((t, h), d)
+    x, res, w = random_array(cp, (t, h), d), random_array(cp, (t, h), d), random_array(cp, (h,), d)
+    out = cp.empty((t, h), d)
     row("rms_norm", f"T={t} H={h}", timer(lambda: K.rms_norm(x, w, 1e-6, out=out)), 2 * t * h * item)
     row("rms_norm+residual", f"T={t} H={h}", timer(lambda: K.rms_norm(x, w, 1e-6, out=out, residual=res)),
         4 * t * h * item)
     del x, res, out
     t, i = 8192, 11008
-    x, out = _rand(cp, (t, 2 * i), d), cp.empty((t, i), d)
+    x, out = random_array(cp, (t, 2 * i), d), cp.empty((t, i), d)
     row("silu_and_mul", f"T={t} I={i}", timer(lambda: K.silu_and_mul(x, out=out)), 3 * t * i * item)
     del x, out
     t, hq, hk, hd = 65536, 32, 8, 128
-    q, k = _rand(cp, (t, hq * hd), d), _rand(cp, (t, hk * hd), d)
+    q, k = random_array(cp, (t, hq * hd), d), random_array(cp, (t, hk * hd), d)
     pos = cp.random.randint(0, 4096, size=t, dtype=cp.int32)
     cache = K.make_cos_sin_cache(4096, hd)
     row("rotary", f"T={t} Hq={hq} Hk={hk} D={hd}",
@@ -123,32 +125,26 @@ def memory_bound_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) ->
         2 * t * (hq + hk) * hd * item + t * hd * 4)
     del q, k
     t, hkv, bs = 65536, 8, 16
-    kk, vv = _rand(cp, (t, hkv, hd), d), _rand(cp, (t, hkv, hd), d)
+    kk, vv = random_array(cp, (t, hkv, hd), d), random_array(cp, (t, hkv, hd), d)
     kc, vc = cp.empty((t // bs, bs, hkv, hd), d), cp.empty((t // bs, bs, hkv, hd), d)
     slots = cp.asarray(np.random.default_rng().permutation(t).astype(np.int32))
     row("reshape_and_cache", f"T={t} Hkv={hkv} D={hd}",
         timer(lambda: K.reshape_and_cache(kk, vv, kc, vc, slots)), 4 * t * hkv * hd * item)
     del kk, vv, kc, vc
     t, h, vocab = 65536, 4096, 32000
-    table, ids, out = _rand(cp, (vocab, h), d), cp.random.randint(0, vocab, size=t, dtype=cp.int32), cp.empty((t, h), d)
+    table, out = random_array(cp, (vocab, h), d), cp.empty((t, h), d)
+    ids = cp.random.randint(0, vocab, size=t, dtype=cp.int32)
     row("embedding", f"T={t} H={h}", timer(lambda: K.embedding(ids, table, out=out)), 2 * t * h * item)
     del table, out
     t, vocab = 512, 128256
-    logits, toks = _rand(cp, (t, vocab), d), cp.empty((t,), cp.int32)
+    logits, toks = random_array(cp, (t, vocab), d), cp.empty((t,), cp.int32)
     row("argmax", f"T={t} V={vocab}", timer(lambda: K.argmax(logits, out=toks)), t * vocab * item)
     return rows
 
 
-def _old_attention(K: Any, q, kb, vb, out, **kw) -> Callable[[], Any]:
-    """The CUDA-core attention kernel (the fallback path) for a side-by-side ratio."""
-    from cgraph.kernels import ops
-
-    return lambda: ops._attention_launch(q, kb, vb, out, **kw)
-
-
 def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> list[dict]:
     """Paged decode against copy bandwidth; prefill TFLOP/s; both against the CUDA-core kernel."""
-    from cgraph.kernels import ops
+    from cgraph.kernels.attention import launch_paged_attention, launch_varlen_attention
 
     d = _dtype(cp, dt)
     item = d.itemsize
@@ -159,29 +155,25 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
         nblk = -(-ctx // bs)
         nb = s * nblk
         copies = max(1, min(128, (256 << 20) // (2 * nb * bs * hkv * hd * item)))  # defeat L2 at small sizes
-        caches = [(_rand(cp, (nb, bs, hkv, hd), d), _rand(cp, (nb, bs, hkv, hd), d)) for _ in range(copies)]
+        caches = [(random_array(cp, (nb, bs, hkv, hd), d), random_array(cp, (nb, bs, hkv, hd), d))
+                  for _ in range(copies)]
         order = np.arange(nb) if contiguous else np.random.default_rng().permutation(nb)
         tables = cp.asarray(order.astype(np.int32).reshape(s, nblk))
         lens = cp.full((s,), ctx, cp.int32)
         qsl = cp.arange(s + 1, dtype=cp.int32)
         ns = cp.asarray(np.array([s], np.int32))
-        q, out = _rand(cp, (s, hq, hd), d), cp.empty((s, hq, hd), d)
+        q, out = random_array(cp, (s, hq, hd), d), cp.empty((s, hq, hd), d)
         state = {"i": 0}
+
+        meta = dict(block_tables=tables, seq_lens=lens, query_start_loc=qsl, num_seqs=ns, max_query_len=1, scale=0.088)
 
         def ours():
             i = state["i"] = (state["i"] + 1) % copies
-            if variant is None:
-                K.paged_attention(q, caches[i][0], caches[i][1], out=out, block_tables=tables, seq_lens=lens,
-                                  query_start_loc=qsl, num_seqs=ns, max_query_len=1, scale=0.088)
-            else:
-                ops._flash_decode_launch(q, caches[i][0], caches[i][1], out, block_tables=tables, seq_lens=lens,
-                                         query_start_loc=qsl, num_seqs=ns, scale=0.088, stream=None, variant=variant)
+            launch_paged_attention(q, caches[i][0], caches[i][1], out=out, variant=variant, **meta)
 
-        def old():
+        def old():  # the CUDA-core kernel (the fallback path) for a side-by-side ratio
             i = state["i"] = (state["i"] + 1) % copies
-            _old_attention(K, q, caches[i][0], caches[i][1], out, hkv=hkv, ks=hkv * hd, vs=hkv * hd,
-                           int_args=(tables, np.int32(nblk), np.int32(bs), lens, qsl, ns, qsl, np.int32(0)),
-                           mode=0, causal=True, scale=0.088, stream=None)()
+            launch_paged_attention(q, caches[i][0], caches[i][1], out=out, cuda_core=True, **meta)
 
         sec, sec_old = timer(ours), timer(old)
         nbytes = 2 * s * ctx * hkv * hd * item + 2 * s * hq * hd * item
@@ -198,7 +190,7 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
     decode(1, 512, 16, 8, 64)
     decode(8, 2048, 32, 8, 128)
     decode(64, 4096, 32, 8, 128, contiguous=True)  # diagnostic: how much the shuffled blocks cost
-    for variant in ("s1", "h2", "h2k32", "h4k32"):  # tuning data for ops._default_decode_variant
+    for variant in ("s1", "h2", "h2k32", "h4k32"):  # tuning data for attention.default_decode_variant
         decode(64, 4096, 32, 8, 128, variant=variant)
         decode(256, 1024, 32, 8, 128, variant=variant)
     decode(1, 512, 16, 8, 64, variant="s4")
@@ -206,16 +198,13 @@ def attention_rows(cp: Any, K: Any, timer: Timer, copy_bw: float, dt: str) -> li
 
     def varlen(n_img, seq, heads, hd, causal):
         tt = n_img * seq
-        qkv = _rand(cp, (tt, 3 * heads, hd), d)
+        qkv = random_array(cp, (tt, 3 * heads, hd), d)
         cu = cp.arange(0, tt + 1, seq, dtype=cp.int32)
         vout = cp.empty((tt, heads, hd), d)
         q, k, v = qkv[:, :heads], qkv[:, heads:2 * heads], qkv[:, 2 * heads:]
-        sec = timer(lambda: K.varlen_attention(q, k, v, out=vout, cu_seqlens=cu, max_seqlen=seq, causal=causal,
-                                               scale=hd ** -0.5))
-        old = _old_attention(K, q, k, v, vout, hkv=heads, ks=3 * heads * hd, vs=3 * heads * hd,
-                             int_args=(cu, np.int32(0), np.int32(1), cu, cu, cu, cu, np.int32(n_img)),
-                             mode=2, causal=causal, scale=hd ** -0.5, stream=None)
-        sec_old = timer(old)
+        kw = dict(out=vout, cu_seqlens=cu, max_seqlen=seq, causal=causal, scale=hd ** -0.5)
+        sec = timer(lambda: K.varlen_attention(q, k, v, **kw))
+        sec_old = timer(lambda: launch_varlen_attention(q, k, v, cuda_core=True, **kw))
         flops = 4 * n_img * seq * seq * heads * hd * (0.5 if causal else 1.0)
         rows.append({"kernel": "varlen_attention", "shape": f"{n_img}x{seq} tokens H={heads} D={hd} "
                      f"{'causal' if causal else 'bidir'}", "dtype": dt, "ours_us": sec * 1e6,
@@ -258,7 +247,7 @@ def _alternatives(m: int, plan: Any) -> list[dict]:
 
 
 def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[dict], list[dict]]:
-    from cgraph.kernels import ops
+    from cgraph.kernels.matmul import launch_gemm
 
     d = _dtype(cp, dt)
     rows, tuning = [], []
@@ -266,8 +255,8 @@ def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[
         for m in GEMM_MS:
             wbytes = (n * k + m * k) * d.itemsize
             copies = max(1, min(16, math.ceil((256 << 20) / wbytes)))
-            ws = [_rand(cp, (n, k), d, 1 / math.sqrt(k)) for _ in range(copies)]
-            As = [_rand(cp, (m, k), d) for _ in range(copies)]
+            ws = [random_array(cp, (n, k), d, 1 / math.sqrt(k)) for _ in range(copies)]
+            As = [random_array(cp, (m, k), d) for _ in range(copies)]
             out = cp.empty((m, n), d)
             state = {"i": 0}
 
@@ -277,7 +266,7 @@ def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[
                     call(As[i], ws[i])
                 return fn
 
-            plan = ops._gemm_launch(As[0], ws[0], out, None, None)
+            plan = launch_gemm(As[0], ws[0], out=out)
             ours = timer(rotate(lambda a, w: K.gemm(a, w, out=out)))
             lib = _cublas_lib(cp, As[0], ws[0], out)
             if lib == "cupy.matmul":
@@ -300,8 +289,8 @@ def gemm_rows(cp: Any, K: Any, timer: Timer, dt: str, tune: bool) -> tuple[list[
             print(rows[-1], flush=True)
             if tune and dt == "float16":
                 for force in _alternatives(m, plan):
-                    p = ops._gemm_launch(As[0], ws[0], out, None, None, **force)
-                    tt = timer(rotate(lambda a, w, f=force: ops._gemm_launch(a, w, out, None, None, **f)))
+                    p = launch_gemm(As[0], ws[0], out=out, **force)
+                    tt = timer(rotate(lambda a, w, f=force: launch_gemm(a, w, out=out, **f)))
                     tuning.append({"dtype": dt, "M": m, "N": n, "K": k, "plan": f"{p.kind}:{p.kernel}",
                                    "us": tt * 1e6, "pct_cublas": 100 * cub / tt})
             del ws, As, out

@@ -1,29 +1,29 @@
-"""Raw CUDA kernels for cgraph models, compiled with NVRTC through CuPy.
+"""Raw CUDA kernels for cgraph models, compiled with NVRTC and loaded through CuPy.
 
-Launchers (all capturable into CUDA graphs; see ops.py for each contract):
-embedding, rms_norm, rotary_embedding, make_cos_sin_cache, silu_and_mul, gemm,
-reshape_and_cache, paged_attention, varlen_attention, argmax, patch_embed, unfold_patches.
-NumPy references live in cgraph.kernels.reference; `python -m cgraph.kernels check`
-compiles every kernel without a GPU. Importing this package does not import CuPy.
+Launchers (all capturable into CUDA graphs; each module states its kernels' contracts):
+embedding, rms_norm, silu_and_mul, argmax (cgraph.kernels.elementwise), rotary_embedding
+(.rotary), reshape_and_cache (.kv_cache), gemm and patch_embed (.matmul),
+paged_attention and varlen_attention (.attention), feed_tokens (.tokens), and the host helpers
+make_cos_sin_cache and unfold_patches (.host). Arguments are validated against one
+declarative specification per launcher (.spec) before anything touches the device.
+
+NumPy references live in cgraph.kernels.reference. Compiled cubins are cached on disk
+(.cubin_cache); :func:`precompile` fills the cache ahead of time, in parallel, and
+`python -m cgraph.kernels check` compiles every kernel without a GPU. Importing this
+package does not import CuPy.
 """
 
-from cgraph.kernels.ops import (
-    argmax,
-    embedding,
-    gemm,
-    make_cos_sin_cache,
-    paged_attention,
-    patch_embed,
-    reshape_and_cache,
-    rms_norm,
-    rotary_embedding,
-    silu_and_mul,
-    unfold_patches,
-    varlen_attention,
-)
+from cgraph.kernels.attention import paged_attention, varlen_attention
+from cgraph.kernels.cubin_cache import precompile
+from cgraph.kernels.elementwise import argmax, embedding, rms_norm, silu_and_mul
+from cgraph.kernels.host import make_cos_sin_cache, unfold_patches
+from cgraph.kernels.kv_cache import reshape_and_cache
+from cgraph.kernels.matmul import gemm, patch_embed
+from cgraph.kernels.rotary import rotary_embedding
+from cgraph.kernels.tokens import feed_tokens
 
 __all__ = [
-    "argmax", "embedding", "gemm", "make_cos_sin_cache", "paged_attention", "patch_embed",
+    "argmax", "embedding", "feed_tokens", "gemm", "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile",
     "reshape_and_cache", "rms_norm", "rotary_embedding", "silu_and_mul", "unfold_patches",
     "varlen_attention",
 ]

@@ -10,6 +10,8 @@ import math
 
 import attrs
 
+from cgraph.core.errors import ArgumentError
+
 #: tile name -> (BM, BN, BK, warps, stages); must match GEMM_CFGS in kernels/gemm.cu.
 TILES: dict[str, tuple[int, int, int, int, int]] = {
     "t16": (16, 64, 64, 4, 4),
@@ -85,10 +87,10 @@ def stream_warps(n: int, k: int, sm_count: int) -> int:
 
 
 def use_stream(m: int, n: int, k: int, sm_count: int) -> bool:
-    """Streaming kernel or tiled kernel for m <= STREAM_DEFAULT_MAX_M (H200 tuning run): the
-    streaming kernel wins when its warps, all resident at once, hold the whole weight matrix
-    within two 128-wide K groups each (1024x1024 .. 4096x1024 weights: 90-107% of cuBLAS);
-    for larger weights (11008x4096) the cluster-split tiles are faster (82% vs 62% at M=8)."""
+    """Streaming kernel or tiled kernel for m <= STREAM_DEFAULT_MAX_M (H200 tuning run,
+    notebooks/results/gemm_tune.json): the streaming kernel wins when its warps, all resident
+    at once, hold the whole weight matrix within two 128-wide K groups each; for larger
+    weights (11008x4096) the cluster-split tiles are faster."""
     if m > STREAM_DEFAULT_MAX_M:
         return False
     groups = math.ceil(k / 128)
@@ -150,7 +152,7 @@ def _plan_wgmma(m: int, n: int, k: int, sm_count: int, tile: str | None, split: 
             if tiles * s <= sm_count and math.ceil(ktiles / s) >= 4:
                 split = s
     if split not in WGMMA_SPLITS:
-        raise ValueError(f"wgmma GEMM split must be one of {WGMMA_SPLITS}, got {split}")
+        raise ArgumentError(f"wgmma GEMM split must be one of {WGMMA_SPLITS}, got {split}")
     return GemmPlan("wgmma", f"{tile}_s{split}", (math.ceil(n / bn), math.ceil(m / bm), split),
                     2 * bm + 32, wgmma_smem_bytes(tile), math.ceil(ktiles / split))
 
@@ -173,7 +175,7 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
         return GemmPlan("fallback", "fallback", (math.ceil(n / 16), math.ceil(m / 16), 1), 256)
     if tile in WGMMA_TILES:
         if not wgmma:
-            raise ValueError(f"GEMM tile {tile!r} uses wgmma, which needs a compute capability 9.0 "
+            raise ArgumentError(f"GEMM tile {tile!r} uses wgmma, which needs a compute capability 9.0 "
                              "device (H100/H200); use one of the mma.sync tiles "
                              f"{sorted(TILES)} elsewhere")
         return _plan_wgmma(m, n, k, sm_count, tile, split)
@@ -184,10 +186,10 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
         streaming = tile is None and use_stream(m, n, k, sm_count)
     if streaming:
         if m > STREAM_MAX_M:
-            raise ValueError(f"the streaming GEMM kernel serves M <= {STREAM_MAX_M}, got M={m}")
+            raise ArgumentError(f"the streaming GEMM kernel serves M <= {STREAM_MAX_M}, got M={m}")
         w = stream_warps(n, k, sm_count) if warps is None else warps
         if w not in STREAM_WARPS:
-            raise ValueError(f"streaming GEMM warps must be one of {STREAM_WARPS}, got {w}")
+            raise ArgumentError(f"streaming GEMM warps must be one of {STREAM_WARPS}, got {w}")
         return GemmPlan("stream", "m8", (math.ceil(n / STREAM_BN), 1, 1), 32 * w,
                         w * STREAM_BM * STREAM_BN * 4)
     if tile is None and wgmma:
@@ -195,7 +197,7 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
     if tile is None:
         tile = default_tile(m, n, sm_count)
     if tile not in TILES:
-        raise ValueError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)} "
+        raise ArgumentError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)} "
                          f"or, on compute capability 9.0, {sorted(WGMMA_TILES)}")
     bm, bn, bk, warps_, _ = TILES[tile]
     tiles = math.ceil(m / bm) * math.ceil(n / bn)
@@ -211,8 +213,8 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
                 if tiles * s <= capacity and math.ceil(ktiles / s) >= min_ktiles:
                     split = s
     if split not in SPLITS:
-        raise ValueError(f"GEMM split must be one of {SPLITS}, got {split}")
+        raise ArgumentError(f"GEMM split must be one of {SPLITS}, got {split}")
     if split > 1 and not cluster:
-        raise ValueError("a K split needs thread-block clusters (compute capability 9.0 or newer)")
+        raise ArgumentError("a K split needs thread-block clusters (compute capability 9.0 or newer)")
     return GemmPlan("tile", f"{tile}_s{split}", (math.ceil(n / bn), math.ceil(m / bm), split),
                     warps_ * 32, tile_smem_bytes(tile), math.ceil(ktiles / split))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cgraph.core.errors import ArgumentError
+
 
 def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     """out[t] = table[ids[t]]; ids outside [0, V) give zero rows."""
@@ -37,7 +39,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, residual: np.ndarray
 def cos_sin_cache(max_pos: int, head_size: int, base: float = 10000.0) -> np.ndarray:
     """[max_pos, D] float32 = [cos(p * f_i) | sin(p * f_i)], f_i = base^(-2i/D), i < D/2."""
     if head_size % 2:
-        raise ValueError(f"head_size must be even for rotary embedding, got {head_size}")
+        raise ArgumentError(f"head_size must be even for rotary embedding, got {head_size}")
     inv_freq = 1.0 / (base ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size))
     freqs = np.outer(np.arange(max_pos, dtype=np.float64), inv_freq)
     return np.concatenate([np.cos(freqs), np.sin(freqs)], axis=-1).astype(np.float32)
@@ -129,6 +131,14 @@ def varlen_attention(q, k, v, cu_seqlens, causal: bool, scale: float):
             end = t + 1 if causal else b
             out[t] = _attend(q[t], k[a:end], v[a:end], scale)
     return out
+
+
+def feed_tokens(input_ids: np.ndarray, token_source: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+    """New ids: sampled[source] where 0 <= source < len(sampled), else the old id."""
+    ids = np.array(input_ids, copy=True)
+    ok = (token_source >= 0) & (token_source < len(sampled))
+    ids[ok] = np.asarray(sampled)[token_source[ok]]
+    return ids
 
 
 def argmax(logits: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from cgraph.core.errors import ArgumentError, GPUUnavailableError
+
 #: 128 opaque bytes, as the kernel's ``TensorMap`` parameter (passed by value).
 TENSOR_MAP_DTYPE = np.dtype([("opaque", np.uint64, (16,))], align=True)
 _UINT16 = 1  # CU_TENSOR_MAP_DATA_TYPE_UINT16: the copy moves bits, fp16 and bf16 alike
@@ -28,7 +30,7 @@ def _encode_tiled() -> Any:
     try:
         lib = ctypes.CDLL("libcuda.so.1")
     except OSError as exc:
-        raise RuntimeError(f"TMA tensor maps need the CUDA driver (libcuda.so.1): {exc}") from exc
+        raise GPUUnavailableError(f"TMA tensor maps need the CUDA driver (libcuda.so.1): {exc}") from exc
     fn = lib.cuTensorMapEncodeTiled
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
@@ -45,10 +47,10 @@ def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int = 64,
     box_cols * 2 must be 128 (one swizzle row) and box_rows <= 256.
     """
     if ptr % 16 or cols % 8 or rows < 1 or cols < 1:
-        raise ValueError(f"a TMA tensor map needs a 16-byte aligned address and cols % 8 == 0 "
+        raise ArgumentError(f"a TMA tensor map needs a 16-byte aligned address and cols % 8 == 0 "
                          f"(got address {ptr:#x}, shape [{rows}, {cols}])")
     if box_cols * 2 != 128 or not 1 <= box_rows <= _MAX_BOX:
-        raise ValueError(f"box {box_rows}x{box_cols} unsupported: box_cols must be 64 and "
+        raise ArgumentError(f"box {box_rows}x{box_cols} unsupported: box_cols must be 64 and "
                          f"box_rows in [1, {_MAX_BOX}]")
     # the driver wants a 64-byte aligned CUtensorMap; over-allocate and align
     scratch = np.zeros(32, np.uint64)
@@ -61,8 +63,24 @@ def encode_2d(ptr: int, rows: int, cols: int, box_rows: int, box_cols: int = 64,
     rc = _encode_tiled()(view.ctypes.data, _UINT16, 2, ctypes.c_void_p(ptr), gdim, gstride, box,
                          estride, 0, _SWIZZLE_128B, l2, 0)
     if rc != 0:
-        raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {rc} for a [{rows}, {cols}] "
+        raise ArgumentError(f"cuTensorMapEncodeTiled failed with CUresult {rc} for a [{rows}, {cols}] "
                            f"matrix at {ptr:#x}, box {box_rows}x{box_cols}")
     out = np.zeros((), TENSOR_MAP_DTYPE)
     out["opaque"] = view
     return out[()]
+
+
+_CACHE: dict[tuple[int, int, int, int], np.void] = {}
+#: cached maps kept before the cache is cleared (bounds its memory).
+CACHE_LIMIT = 4096
+
+
+def cached_tensor_map(ptr: int, rows: int, cols: int, box_rows: int) -> np.void:
+    """encode_2d(ptr, rows, cols, box_rows), cached: a pure function of its arguments."""
+    key = (ptr, rows, cols, box_rows)
+    tmap = _CACHE.get(key)
+    if tmap is None:
+        if len(_CACHE) >= CACHE_LIMIT:
+            _CACHE.clear()
+        tmap = _CACHE[key] = encode_2d(ptr, rows, cols, box_rows)
+    return tmap
