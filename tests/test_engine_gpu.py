@@ -147,3 +147,52 @@ def test_replay_after_a_different_graph_keeps_tokens_equal(tiny_model, eager_run
         first = eng.generate(reqs)
         second = eng.generate(reversed(reqs))
     assert first.outputs == eager.outputs == second.outputs
+
+
+@pytest.mark.parametrize("mode", ["none", "full", "full_and_piecewise"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_both_loops_generate_the_eager_tokens_while_requests_join_and_finish(tiny_model, eager_run,
+                                                                              mode, overlap):
+    """24 requests through 8 sequence slots: requests finish and others join mid-stream."""
+    from cgraph.engine import Engine
+
+    model, _ = tiny_model
+    reqs, eager = eager_run
+    cfg = GraphConfig(mode, capture_sizes=None if mode == "none" else [1, 2, 4, 8, 16, 32, 64, 128, 256],
+                      max_num_seqs=8, max_num_batched_tokens=256)
+    with Engine(model, cfg, overlap=overlap) as eng:
+        if mode != "none":
+            eng.capture(progress=False)
+        result = eng.generate(reqs)
+    assert result.outputs == eager.outputs
+    joined = [s for s in result.steps if not s.uniform][1:]  # admissions after the first step
+    assert joined, "the workload must admit requests mid-stream"
+    for s in result.steps:
+        assert s.gpu_seconds > 0 and s.seconds > 0
+    assert all(s.gap_seconds >= 0 for s in result.steps[1:])
+    summary = result.summary
+    assert summary["decode_gpu_p50_ms"] > 0 and 0 < summary["gpu_busy"] <= 1.0 + 1e-6
+    assert summary["tokens_per_s"] == pytest.approx(sum(len(v) for v in result.outputs.values())
+                                                    / summary["wall_s"])
+
+
+def test_sync_step_with_host_tokens_and_overlapped_run_agree_on_one_engine(tiny_model, eager_run):
+    """step() (tokens read back each step, no device feed) and generate() on one engine."""
+    from cgraph.engine import Engine
+
+    model, _ = tiny_model
+    reqs, eager = eager_run
+    cfg = GraphConfig("full", capture_sizes=[1, 2, 4, 8, 16, 32, 64, 128, 256], max_num_seqs=8,
+                      max_num_batched_tokens=256)
+    with Engine(model, cfg) as eng:
+        eng.capture(progress=False)
+        sched = Scheduler(max_num_seqs=8, max_num_batched_tokens=256, allocator=BlockAllocator(eng.num_kv_blocks))
+        for r in reqs:
+            sched.add(r)
+        while (batch := sched.schedule()) is not None:
+            tokens, record = eng.step(batch)
+            again, _ = eng.step(batch, eager=True)  # the same padded step again, eagerly
+            assert again == tokens and record.gpu_seconds > 0
+            sched.update(batch, tokens)
+        assert sched.finished == eager.outputs
+        assert eng.generate(reqs).outputs == eager.outputs

@@ -186,7 +186,7 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
     from cgraph.models import llama
 
     model, cfg = eng.model, eng.model.cfg
-    inp, ws = eng._views_for(batch, batch)
+    inp, ws = eng.views_for(batch, batch)
     layer, (kc, vc) = model.layers[0], eng.kv_cache[0]
     kv_bytes = batch * (context + 1) * 2 * cfg.kv_size * 2
     w = lambda name: layer[name].nbytes  # noqa: E731
@@ -257,17 +257,17 @@ def main(argv: list[str] | None = None) -> None:
             sb = decode_batch(batch, a.context, rng)
             meta = build_metadata(sb, num_tokens=batch, num_seqs=batch, max_blocks=eng.max_blocks)
             meta_by_batch[batch] = build_metadata(sb, num_tokens=batch, num_seqs=batch, max_blocks=per_seq)
-            eng._copy_in(meta)
+            eng.load_metadata(meta)
             full_desc = BatchDescriptor(batch, batch, True)
             piece_desc = full_desc.relax_for_mixed()
-            t_none = time_steps(cp, lambda: eng._step(batch, batch, 1), a.iters, a.rounds)
+            t_none = time_steps(cp, lambda: eng.run_forward(batch, batch, 1), a.iters, a.rounds)
             t_full = time_steps(cp, lambda: eng.full.run(GraphMode.FULL, full_desc, batch, batch, 1),
                                 a.iters, a.rounds)
             t_piece = time_steps(cp, lambda: eng.piecewise.run(GraphMode.PIECEWISE, piece_desc, batch,
                                                                batch, batch), a.iters, a.rounds)
             # same greedy tokens from all three (one more call each on the same inputs)
             toks = [f().get()[:batch].tolist() for f in (
-                lambda: eng._step(batch, batch, 1),
+                lambda: eng.run_forward(batch, batch, 1),
                 lambda: eng.full.run(GraphMode.FULL, full_desc, batch, batch, 1),
                 lambda: eng.piecewise.run(GraphMode.PIECEWISE, piece_desc, batch, batch, batch))]
             kv_bytes = batch * (a.context + 1) * cfg.num_layers * 2 * cfg.kv_size * 2

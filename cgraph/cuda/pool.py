@@ -35,14 +35,13 @@ class GraphPool:
     def __init__(self, *, limit_bytes: int | None = None) -> None:
         cp = require_device()
         self._pool = cp.cuda.MemoryPool()
+        self._closed = False
         if limit_bytes is not None:
-            self._pool.set_limit(size=check_int(limit_bytes, "limit_bytes", 1,
-                                                hint="or None for no limit"))
+            self.set_limit(limit_bytes)
         # Memory freed by one capture is reusable only by allocations on the same stream
         # (CuPy's arenas are per stream), so every capture into this pool uses this stream.
         self._stream = cp.cuda.Stream(non_blocking=True)
         self._graphs: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._closed = False
 
     @property
     def stream(self) -> Any:
@@ -59,6 +58,12 @@ class GraphPool:
         """The cap on the pool's device memory, or None."""
         limit = 0 if self._closed else int(self._pool.get_limit())
         return limit or None
+
+    def set_limit(self, limit_bytes: int | None) -> None:
+        """Cap the pool's device memory at `limit_bytes` (None: no cap) from now on."""
+        self.ensure_open()
+        size = 0 if limit_bytes is None else check_int(limit_bytes, "limit_bytes", 1, hint="or None for no limit")
+        self._pool.set_limit(size=size)
 
     def total_bytes(self) -> int:
         """Bytes the pool holds from the device (in use plus cached)."""

@@ -184,7 +184,7 @@ class Runner:
             raise ArgumentError(f"runner {self.name!r} already has a graph for {descriptor}")
         started = time.perf_counter()
         with running(self.mode, descriptor):
-            entry = type(self).capture_function(
+            entry = self.capture_function(
                 self.fn, *args, pool=self.pool, warmup=self.warmup,
                 name=f"{self.name}[{self.mode.name} {descriptor}]", **kwargs)
         self._capture_seconds += time.perf_counter() - started

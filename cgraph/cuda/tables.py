@@ -129,7 +129,7 @@ def estimate_graph_memory(runner: Runner, table: DispatchTable, make_inputs: Mak
     scratch = GraphPool()
     try:
         with running(runner.mode, largest):
-            graph = type(runner).capture_function(runner.fn, *args, pool=scratch, warmup=runner.warmup,
+            graph = runner.capture_function(runner.fn, *args, pool=scratch, warmup=runner.warmup,
                                                   name=f"{runner.name}[estimate {largest}]", **kwargs)
         graph.close()
         pool_bytes = scratch.total_bytes()

@@ -39,7 +39,7 @@ from cgraph.cuda.buffers import StaticBuffers
 from cgraph.cuda.device import require_device
 from cgraph.cuda.pool import GraphPool
 from cgraph.cuda.runner import GraphRunner
-from cgraph.cuda.tables import capture_all
+from cgraph.cuda.tables import capture_all, estimate_graph_memory
 from cgraph.encoder.model import MERGE_PATCHES, VisionEncoder
 from cgraph.core.errors import ArgumentTypeError, GraphClosedError, NotFoundError
 
@@ -75,6 +75,40 @@ class EncoderStats:
         return 1.0 - self.graph_tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
+def forward_inputs(buffers: StaticBuffers, descriptor: BatchDescriptor) -> tuple:
+    """VisionEncoder.forward's arguments for a budget's key: prefix views of the buffers."""
+    rows = descriptor.num_tokens * MERGE_PATCHES
+    return (buffers.view("patches", rows), buffers.view("positions", rows), buffers["cu_seqlens"], rows)
+
+
+def _graph_machinery(model: VisionEncoder, budgets: Sequence[int], max_batch_size: int,
+                     pool: GraphPool | None, debug: bool | None) -> tuple:
+    """(config, static buffers, dispatch table, runner) of a manager: its budgets are the
+    capture sizes of a FULL GraphConfig, so dispatch pads a batch to its budget's key."""
+    if not isinstance(model, VisionEncoder):
+        raise ArgumentTypeError(f"model must be a VisionEncoder, got {type(model).__name__}")
+    config = EncoderGraphConfig(tuple(budgets), max_batch_size)
+    max_patches = config.max_budget * MERGE_PATCHES
+    buffers = StaticBuffers({"patches": ((max_patches, model.spec.patch_dim), model.dtype),
+                             "positions": ((max_patches,), "int32"),
+                             "cu_seqlens": ((config.max_batch_size + 1,), "int32")}, debug=debug)
+    table = build_dispatch_table(GraphConfig(GraphMode.FULL, capture_sizes=config.budgets,
+                                             max_num_seqs=config.max_batch_size,
+                                             max_num_batched_tokens=config.max_budget))
+    runner = GraphRunner(model.forward, GraphMode.FULL, pool=pool, debug=debug, name="encoder")
+    return config, buffers, table, runner
+
+
+def estimate_encoder_graph_memory(model: VisionEncoder, budgets: Sequence[int], max_batch_size: int) -> int:
+    """The pool bytes an EncoderGraphManager(model, budgets, max_batch_size) will hold,
+    found by capturing only the largest budget into a scratch pool (nothing is kept)."""
+    _, buffers, table, runner = _graph_machinery(model, budgets, max_batch_size, None, None)
+    try:
+        return estimate_graph_memory(runner, table, lambda d: forward_inputs(buffers, d)).pool_bytes
+    finally:
+        runner.close()
+
+
 class EncoderGraphManager:
     """Captures `model.forward` once per token budget and serves mixed-size images with replays."""
 
@@ -88,28 +122,12 @@ class EncoderGraphManager:
         debug: bool | None = None,
     ) -> None:
         cp = require_device()
-        if not isinstance(model, VisionEncoder):
-            raise ArgumentTypeError(f"model must be a VisionEncoder, got {type(model).__name__}")
-        self.config = EncoderGraphConfig(tuple(budgets), max_batch_size)
         self.model = model
         self._cp = cp
         self._owns_pool = pool is None
         self.pool = GraphPool() if pool is None else pool
-        max_patches = self.config.max_budget * MERGE_PATCHES
-        self.buffers = StaticBuffers(
-            {
-                "patches": ((max_patches, model.spec.patch_dim), model.dtype),
-                "positions": ((max_patches,), "int32"),
-                "cu_seqlens": ((self.config.max_batch_size + 1,), "int32"),
-            },
-            debug=debug,
-        )
-        # budgets are capture sizes: dispatch pads a batch's tokens to its budget's key
-        self.table = build_dispatch_table(GraphConfig(
-            GraphMode.FULL, capture_sizes=self.config.budgets, max_num_seqs=self.config.max_batch_size,
-            max_num_batched_tokens=self.config.max_budget))
-        self.runner = GraphRunner(model.forward, GraphMode.FULL, pool=self.pool, debug=debug,
-                                  name="encoder")
+        self.config, self.buffers, self.table, self.runner = _graph_machinery(
+            model, budgets, max_batch_size, self.pool, debug)
         self._inputs: dict[BatchDescriptor, tuple] = {}
         self._hits = self._misses = self._graph_tokens = self._padded_tokens = 0
         self._replays = {b: 0 for b in self.config.budgets}
@@ -123,10 +141,7 @@ class EncoderGraphManager:
         """model.forward's arguments for a budget: prefix views of the static buffers."""
         args = self._inputs.get(descriptor)
         if args is None:
-            rows = descriptor.num_tokens * MERGE_PATCHES
-            args = self._inputs[descriptor] = (self.buffers.view("patches", rows),
-                                               self.buffers.view("positions", rows),
-                                               self.buffers["cu_seqlens"], rows)
+            args = self._inputs[descriptor] = forward_inputs(self.buffers, descriptor)
         return args
 
     # ------------------------------------------------------------------ info

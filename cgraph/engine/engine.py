@@ -4,92 +4,150 @@ One step:
 1. the scheduler forms a batch (uniform decode, or mixed prefill + decode);
 2. `cgraph.core.dispatch` maps (num_tokens, uniform) to a runtime mode and a descriptor; the
    descriptor's num_tokens is the padded size (NONE: the real size);
-3. the batch's metadata is built on the host, padded to that size and packed into one
+3. the batch's metadata is built on the host, padded to that size and packed into a
    pinned int32 vector, then copied to the static metadata buffer in one transfer;
 4. FULL steps replay the GraphRunner's graph, PIECEWISE steps the BreakableRunner's
    segments (attention runs eagerly between them), NONE steps call the forward directly;
-5. the greedy token of each sequence comes back to the host and feeds the scheduler.
+   the forward first feeds each decode the token its request sampled in the previous
+   step, from the device (so the host never waits for a token to go on);
+5. the greedy tokens are copied back into pinned memory behind an event.
 
-Every mode runs the same `LlamaModel.forward` on the same static buffers, so a graph
-replay computes exactly what the eager call computes.
+`generate` overlaps the host with the GPU (cgraph.engine.loop): while step N runs, the
+host schedules and enqueues step N+1 and reads tokens only when it needs them. Every
+mode runs the same `LlamaModel.forward` on the same static buffers, so a graph replay
+computes exactly what the eager call computes.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Hashable, Iterable
+from typing import Any, Iterable
 
-import attrs
-
-from cgraph.cuda.device import require_device
+from cgraph.core.checks import check_int
 from cgraph.core.config import GraphConfig
 from cgraph.core.descriptors import BatchDescriptor
 from cgraph.core.dispatch import build_dispatch_table, dispatch
-from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator, num_blocks_for
-from cgraph.engine.metadata import BatchMetadata, MetadataLayout, build_metadata
-from cgraph.engine.scheduler import Request, ScheduledBatch, Scheduler
-from cgraph.engine.stats import StepRecord, summarize
-from cgraph.models.llama import ForwardInputs, LlamaModel, workspace_specs, workspace_views
-from cgraph.core.modes import GraphMode
 from cgraph.core.errors import ArgumentError, ArgumentTypeError
+from cgraph.core.fallbacks import REFUSED, FallbackLog, fallback_cause
+from cgraph.core.modes import GraphMode
+from cgraph.cuda.device import require_device
+from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
+from cgraph.engine.loop import RING, GenerationResult, StepSlot, enqueue_step, generate, resolve_step
+from cgraph.engine.memory import MemoryPlan, kv_block_bytes, plan_kv_cache
+from cgraph.engine.metadata import MetadataLayout, build_metadata
+from cgraph.engine.scheduler import Request, ScheduledBatch
+from cgraph.engine.stats import StepRecord
+from cgraph.models.llama import ForwardInputs, LlamaModel, workspace_specs, workspace_views
 
-
-@attrs.frozen
-class GenerationResult:
-    """Generated token ids per request, the step records, and the run's summary."""
-
-    outputs: dict[Hashable, tuple[int, ...]]
-    steps: tuple[StepRecord, ...]
-    summary: dict[str, float]
+__all__ = ["Engine", "GenerationResult"]
 
 
 class Engine:
     """Serves one LlamaModel under one GraphConfig (its mode, capture sizes and limits).
 
-    num_kv_blocks: KV cache blocks (default: enough for max_num_seqs sequences of
-    max_seq_len tokens). Call `capture()` once before `generate()` for graph modes;
-    a step whose graph was never captured raises (CaptureNotAllowedError).
+    KV cache size, one of:
+    - num_kv_blocks: that many blocks;
+    - memory_budget: a float in (0, 1] is the share of the device's memory the process
+      may use (what is in use already counts), an int is the bytes the engine may
+      allocate; the KV cache takes what the static buffers and the graphs (measured
+      with estimate_graph_memory before anything is captured) leave;
+    - neither: enough for max_num_seqs sequences of max_seq_len tokens.
+    Graphs: call `capture()` before `generate()`, or pass `lazy=LazyCapture(...)` to
+    capture each graph on first use (within the planned pool memory when a
+    memory_budget is given). overlap: default loop of `generate` (False: synchronous).
     """
 
     def __init__(self, model: LlamaModel, graph_config: GraphConfig, *,
-                 num_kv_blocks: int | None = None, debug: bool | None = None) -> None:
+                 num_kv_blocks: int | None = None, memory_budget: float | int | None = None,
+                 lazy: Any = None, overlap: bool = True, debug: bool | None = None) -> None:
         cp = require_device()
-        import cupyx  # noqa: PLC0415 - GPU layer, imported at use
+        from cgraph.cuda.breakable import BreakableRunner  # noqa: PLC0415 - GPU layer
+        from cgraph.cuda.buffers import StaticBuffers  # noqa: PLC0415
+        from cgraph.cuda.pool import GraphPool  # noqa: PLC0415
+        from cgraph.cuda.runner import GraphRunner  # noqa: PLC0415
 
         if not isinstance(graph_config, GraphConfig):
             raise ArgumentTypeError(f"graph_config must be a GraphConfig, got {type(graph_config).__name__}")
-        from cgraph.cuda.breakable import BreakableRunner
-        from cgraph.cuda.buffers import StaticBuffers
-        from cgraph.cuda.pool import GraphPool
-        from cgraph.cuda.runner import GraphRunner
-
+        if num_kv_blocks is not None and memory_budget is not None:
+            raise ArgumentError("pass num_kv_blocks or memory_budget, not both: got "
+                                f"num_kv_blocks={num_kv_blocks!r}, memory_budget={memory_budget!r}")
         self._cp = cp
         self.model = model
         self.config = graph_config
         self.table = build_dispatch_table(graph_config)
+        self.overlap = bool(overlap)
         mcfg = model.cfg
         self.max_tokens = max(graph_config.max_num_batched_tokens, graph_config.max_capture_size)
         self.max_seqs = graph_config.max_num_seqs
         self.max_blocks = num_blocks_for(mcfg.max_seq_len, BLOCK_SIZE)
-        blocks = num_kv_blocks or self.max_seqs * self.max_blocks
         self.layout = MetadataLayout(self.max_tokens, self.max_seqs, self.max_blocks)
         self.buffers = StaticBuffers({"meta": ((self.layout.size,), "int32"),
                                       **workspace_specs(mcfg, self.max_tokens, self.max_seqs)},
                                      debug=debug)
-        self._staging = cupyx.empty_pinned((self.layout.size,), dtype="int32")
-        self.kv_cache = model.make_kv_cache(blocks, BLOCK_SIZE)
-        self.num_kv_blocks = blocks
         self._views: dict[tuple[int, int], tuple[ForwardInputs, Any]] = {}
-        self._inert_metadata()
+        # pinned staging for the steps in flight (step() uses the first)
+        self.slots = [StepSlot.allocate(self.layout, self.max_seqs) for _ in range(RING)]
+        self.fallbacks = FallbackLog("cgraph.Engine")
         self.pool = GraphPool()  # FULL graphs and PIECEWISE segments never run at once: one pool
-        self.full = (GraphRunner(self._step, GraphMode.FULL, pool=self.pool, debug=debug, name="llama")
-                     if self.table.keys(GraphMode.FULL) else None)
-        self.piecewise = (BreakableRunner(self._step, GraphMode.PIECEWISE, pool=self.pool,
-                                          debug=debug, name="llama")
+        self.full = (GraphRunner(self.run_forward, GraphMode.FULL, pool=self.pool, debug=debug, name="llama",
+                                 lazy=lazy) if self.table.keys(GraphMode.FULL) else None)
+        self.piecewise = (BreakableRunner(self.run_forward, GraphMode.PIECEWISE, pool=self.pool, debug=debug,
+                                          name="llama", lazy=lazy)
                           if self.table.keys(GraphMode.PIECEWISE) else None)
+        # a probe cache of one sequence's blocks: the forward of a graph-memory estimate
+        # needs a cache, and graph memory does not depend on its size
+        self.kv_cache = model.make_kv_cache(self.max_blocks, BLOCK_SIZE)
+        try:
+            self._inert_metadata()
+            self.memory: MemoryPlan = self._plan_memory(num_kv_blocks, memory_budget)
+            if memory_budget is not None and lazy is not None:
+                self.pool.set_limit(max(self.memory.graph_bytes, 1))  # lazy graphs fit the plan
+            self.kv_cache = []
+            self.kv_cache = model.make_kv_cache(self.memory.kv_blocks, BLOCK_SIZE)
+        except BaseException:
+            self.close()
+            raise
+        self.num_kv_blocks = self.memory.kv_blocks
         self.capture_seconds = 0.0
 
+    def _plan_memory(self, num_kv_blocks: int | None, memory_budget: float | int | None) -> MemoryPlan:
+        cfg = self.model.cfg
+        block_bytes = kv_block_bytes(cfg, BLOCK_SIZE)
+        static = self.buffers.nbytes
+        if memory_budget is None:
+            blocks = self.max_seqs * self.max_blocks if num_kv_blocks is None else check_int(
+                num_kv_blocks, "num_kv_blocks", 1, hint="KV cache blocks of 16 tokens")
+            return MemoryPlan(blocks, block_bytes, static, 0, None)
+        graph = self.estimate_graph_memory()
+        cp = self._cp
+        if isinstance(memory_budget, float):
+            if not 0.0 < memory_budget <= 1.0:
+                raise ArgumentError(f"memory_budget={memory_budget}: a share of device memory must be in "
+                                    "(0, 1]; pass e.g. 0.9, or an int number of bytes")
+            cp.get_default_memory_pool().free_all_blocks()  # cached blocks are reusable, not used
+            free, total = cp.cuda.runtime.memGetInfo()
+            probe = sum(k.nbytes + v.nbytes for k, v in self.kv_cache)  # freed before the real cache
+            # what the process may still take, plus what the engine already holds (its static
+            # buffers, counted by the plan, and the probe cache, about to be freed)
+            budget = int(memory_budget * total) - (total - free) + static + probe
+        else:
+            budget = check_int(memory_budget, "memory_budget", 1, hint="bytes, or a float share of the device")
+        return plan_kv_cache(budget_bytes=budget, static_bytes=static, graph_bytes=graph,
+                             block_bytes=block_bytes, min_blocks=self.max_blocks)
+
+    def estimate_graph_memory(self) -> int:
+        """Pool bytes capture() will take, found by capturing only each runner's largest key
+        into a scratch pool (cgraph.estimate_graph_memory); nothing is kept."""
+        from cgraph.cuda.tables import estimate_graph_memory  # noqa: PLC0415
+
+        return max((estimate_graph_memory(r, self.table, self.capture_args).pool_bytes
+                    for r in self.runners), default=0)
+
     # --- sizes and static views ---------------------------------------------------------
+    @property
+    def runners(self) -> tuple[Any, ...]:
+        return tuple(r for r in (self.full, self.piecewise) if r is not None)
+
     def num_seq_rows(self, num_tokens: int) -> int:
         """Sequence rows of a step computing num_tokens rows (a sequence has >= 1 token)."""
         return min(num_tokens, self.max_seqs)
@@ -99,7 +157,8 @@ class Engine:
         """Attention path of a step: 1 (decode: token i is sequence i) or an upper bound."""
         return 1 if uniform_decode else descriptor.num_tokens
 
-    def _views_for(self, num_tokens: int, num_seqs: int) -> tuple[ForwardInputs, Any]:
+    def views_for(self, num_tokens: int, num_seqs: int) -> tuple[ForwardInputs, Any]:
+        """The forward inputs and workspace views of one padded size (cached)."""
         key = (num_tokens, num_seqs)
         views = self._views.get(key)
         if views is None:
@@ -111,35 +170,29 @@ class Engine:
 
     def _inert_metadata(self) -> None:
         """Fill the metadata buffer with an all-padding batch (num_seqs 0: nothing is written)."""
-        empty = ScheduledBatch((), 0)
-        meta = build_metadata(empty, num_tokens=self.max_tokens, num_seqs=self.max_seqs,
-                              max_blocks=self.max_blocks)
-        self._copy_in(meta)
-
-    def _copy_in(self, meta: BatchMetadata) -> None:
-        used = self.layout.pack(meta, self._staging)
-        self.buffers["meta"][:used].set(self._staging[:used], stream=self._cp.cuda.get_current_stream())
+        self.load_metadata(build_metadata(ScheduledBatch((), 0), num_tokens=self.max_tokens,
+                                          num_seqs=self.max_seqs, max_blocks=self.max_blocks))
 
     def _step(self, num_tokens: int, num_seqs: int, max_query_len: int) -> Any:
         """The function every runner wraps: one forward over the static views of one size."""
-        inputs, ws = self._views_for(num_tokens, num_seqs)
+        inputs, ws = self.views_for(num_tokens, num_seqs)
         return self.model.forward(inputs, ws, self.kv_cache, max_query_len=max_query_len)
 
-    # --- capture --------------------------------------------------------------------------
-    def _capture_args(self, desc: BatchDescriptor) -> tuple[int, int, int]:
+    def capture_args(self, desc: BatchDescriptor) -> tuple[int, int, int]:
+        """The runner arguments of a graph key: (padded tokens, sequence rows, attention path)."""
         return (desc.num_tokens, self.num_seq_rows(desc.num_tokens),
                 self.max_query_len(desc, desc.uniform))
 
+    # --- capture --------------------------------------------------------------------------
     def capture(self, *, progress: bool = True) -> list[Any]:
         """Capture every graph the config's dispatch table names (largest first, progress bar)."""
-        from cgraph.cuda.tables import capture_all
+        from cgraph.cuda.tables import capture_all  # noqa: PLC0415
 
         self._inert_metadata()
         reports = []
         started = time.perf_counter()
-        for runner in (self.full, self.piecewise):
-            if runner is not None:
-                reports.append(capture_all(runner, self.table, self._capture_args, progress=progress))
+        for runner in self.runners:
+            reports.append(capture_all(runner, self.table, self.capture_args, progress=progress))
         self._cp.cuda.get_current_stream().synchronize()
         self.capture_seconds = time.perf_counter() - started
         return reports
@@ -148,65 +201,80 @@ class Engine:
     def pool_bytes(self) -> int:
         return self.pool.total_bytes()
 
-    # --- serving --------------------------------------------------------------------------
-    def step(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[list[int], StepRecord]:
-        """Run one scheduled batch; return each sequence's greedy token and the step record.
+    def runner_stats(self) -> dict[str, float]:
+        """Captures, budget refusals, eager fallbacks and capture seconds over both runners."""
+        stats = [r.stats for r in self.runners]
+        return {"captures": sum(s.captures for s in stats), "refusals": sum(s.refusals for s in stats),
+                "eager_fallbacks": sum(s.eager_fallbacks for s in stats),
+                "capture_s": sum(s.capture_seconds for s in stats), "pool_bytes": self.pool_bytes}
 
-        eager=True runs the same padded step without any graph (the reference a graph replay
-        must match bit for bit); the KV cache receives the same values either way.
+    # --- serving --------------------------------------------------------------------------
+    def prepare(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[GraphMode, BatchDescriptor, int, int]:
+        """Dispatch a batch: (mode, descriptor, sequence rows, attention path); counts fallbacks.
+
+        eager=True keeps the padded size and attention path but runs without a graph
+        (the reference a graph replay must match bit for bit).
         """
-        t0 = time.perf_counter()
         uniform = batch.uniform_decode
-        n_tok = batch.num_tokens
-        mode, desc = dispatch(self.table, n_tok, uniform_decode=uniform)
-        padded = desc.num_tokens
-        seq_rows = self.num_seq_rows(padded)
+        mode, desc = dispatch(self.table, batch.num_tokens, uniform_decode=uniform)
+        if mode is GraphMode.NONE:
+            cause = fallback_cause(self.config, batch.num_tokens, uniform)
+            if cause is not None:
+                self.fallbacks.note(cause)
         qlen = self.max_query_len(desc, desc.uniform if mode is not GraphMode.NONE else uniform)
-        if eager:
-            mode = GraphMode.NONE  # same padded size and attention path, no graph
-        self._copy_in(build_metadata(batch, num_tokens=padded, num_seqs=seq_rows,
-                                     max_blocks=self.max_blocks))
-        if mode is GraphMode.FULL:
-            out = self.full.run(mode, desc, padded, seq_rows, qlen)
-        elif mode is GraphMode.PIECEWISE:
-            out = self.piecewise.run(mode, desc, padded, seq_rows, qlen)
+        return (GraphMode.NONE if eager else mode), desc, self.num_seq_rows(desc.num_tokens), qlen
+
+    def launch(self, mode: GraphMode, desc: BatchDescriptor, seq_rows: int, qlen: int) -> None:
+        """Run the forward of a prepared step on the current stream (graph or eager), then
+        keep its samples for the next step's token feed."""
+        padded = desc.num_tokens
+        runner = self.full if mode is GraphMode.FULL else self.piecewise if mode is GraphMode.PIECEWISE else None
+        if runner is None:
+            self.run_forward(padded, seq_rows, qlen)
         else:
-            out = self._step(padded, seq_rows, qlen)
-        tokens = out[:len(batch.seqs)].get().tolist()
-        record = StepRecord(mode.value, uniform, n_tok, padded, len(batch.seqs),
-                            time.perf_counter() - t0)
+            refused_before = len(runner.refused)
+            runner.run(mode, desc, padded, seq_rows, qlen)
+            if len(runner.refused) > refused_before:
+                self.fallbacks.note(REFUSED)
+        # the next step's decodes read these samples (LlamaModel.forward's token feed)
+        sampled, fresh = self.buffers["sampled"], self.buffers["next_tokens"]
+        sampled.data.copy_from_device_async(fresh.data, seq_rows * fresh.itemsize,
+                                            self._cp.cuda.get_current_stream())
+
+    def step(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[list[int], StepRecord]:
+        """Run one scheduled batch and wait for it; return each sequence's greedy token and
+        the step record (with its GPU time)."""
+        t0 = time.perf_counter()
+        inflight = enqueue_step(self, batch, self.slots[0], eager=eager)
+        tokens, gpu_seconds, _, _ = resolve_step(inflight, None)
+        record = StepRecord(inflight.mode.value, batch.uniform_decode, batch.num_tokens, inflight.padded,
+                            len(batch.seqs), time.perf_counter() - t0, gpu_seconds)
         return tokens, record
 
-    def generate(self, requests: Iterable[Request]) -> GenerationResult:
-        """Serve every request to completion; greedy tokens per request id."""
+    def generate(self, requests: Iterable[Request], *, overlap: bool | None = None) -> GenerationResult:
+        """Serve every request to completion; greedy tokens per request id.
+
+        overlap (default: the engine's): True overlaps host and GPU; False waits for every
+        step's tokens before scheduling the next (for debugging and comparison).
+        """
         requests = list(requests)
         mcfg = self.model.cfg
         for r in requests:
             if r.kv_tokens > mcfg.max_seq_len:
                 raise ArgumentError(f"request {r.request_id!r}: prompt {len(r.prompt)} + "
-                                 f"{r.max_new_tokens} new tokens exceeds max_seq_len={mcfg.max_seq_len}")
+                                    f"{r.max_new_tokens} new tokens exceeds max_seq_len={mcfg.max_seq_len}")
             if max(r.prompt) >= mcfg.vocab_size:
                 raise ArgumentError(f"request {r.request_id!r}: token id {max(r.prompt)} is outside the "
-                                 f"vocabulary of {mcfg.vocab_size}")
-        sched = Scheduler(max_num_seqs=self.max_seqs,
-                          max_num_batched_tokens=self.config.max_num_batched_tokens,
-                          allocator=BlockAllocator(self.num_kv_blocks, BLOCK_SIZE))
-        for r in requests:
-            sched.add(r)
-        records = []
-        while (batch := sched.schedule()) is not None:
-            tokens, record = self.step(batch)
-            sched.update(batch, tokens)
-            records.append(record)
-        outputs = {r.request_id: sched.finished[r.request_id] for r in requests}
-        generated = sum(len(v) for v in outputs.values())
-        return GenerationResult(outputs, tuple(records), summarize(records, generated))
+                                    f"vocabulary of {mcfg.vocab_size}")
+        result = generate(self, requests, overlap=self.overlap if overlap is None else bool(overlap))
+        if self.fallbacks.counts:
+            self.fallbacks.report()
+        return result
 
     def close(self) -> None:
         """Release every graph and the graph pool. Idempotent."""
-        for runner in (self.full, self.piecewise):
-            if runner is not None:
-                runner.close()
+        for runner in self.runners:
+            runner.close()
         self.pool.close()
 
     def __enter__(self) -> "Engine":

@@ -1,16 +1,24 @@
 """Batch metadata for paged attention, built on the host with NumPy (no CuPy).
 
 A scheduled batch becomes flat int32 arrays padded to a graph's fixed sizes:
-token ids, positions and slot mapping over `num_tokens` rows; block tables, sequence
-lengths, query start offsets and logits row indices over `num_seqs` rows; and the
-real sequence count. Padding rows are inert: slot -1 (no KV write), position 0,
-token id 0, seq_len 0, query_start_loc repeating its last value, logits index 0.
+token ids, positions, slot mapping and token sources over `num_tokens` rows; block
+tables, sequence lengths, query start offsets and logits row indices over `num_seqs`
+rows; and the real sequence count. Padding rows are inert: slot -1 (no KV write),
+position 0, token id 0, token source -1, seq_len 0, query_start_loc repeating its last
+value, logits index 0.
+
+token_source[t] >= 0 says that token t is the token the previous step sampled for its
+row token_source[t] (a decode whose input the host has not read back yet: the model reads
+it from that step's next-token buffer on the device); -1 keeps input_ids[t].
 
 `MetadataLayout` packs all of them into one int32 vector at fixed offsets, so one
 host-to-device copy per step fills every static metadata buffer.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import attrs
 import numpy as np
@@ -27,6 +35,7 @@ class BatchMetadata:
     input_ids: np.ndarray        # [num_tokens]
     positions: np.ndarray        # [num_tokens]
     slot_mapping: np.ndarray     # [num_tokens]
+    token_source: np.ndarray     # [num_tokens]: previous step's row feeding the token, or -1
     block_tables: np.ndarray     # [num_seqs, max_blocks]
     seq_lens: np.ndarray         # [num_seqs]
     query_start_loc: np.ndarray  # [num_seqs + 1]
@@ -71,6 +80,10 @@ def build_metadata(batch: ScheduledBatch, *, num_tokens: int, num_seqs: int,
     ids = np.zeros(num_tokens, np.int32)
     if n_tok:
         ids[:n_tok] = np.fromiter((t for s in seqs for t in s.token_ids), np.int32, n_tok)
+    source = np.full(num_tokens, -1, np.int32)
+    # only a decode whose token the host does not know yet (-1) is fed from the device
+    rows = np.fromiter((s.source_row if s.token_ids[0] < 0 else -1 for s in seqs), np.int32, n_seq)
+    source[:n_tok] = np.repeat(np.where(qlens == 1, rows, -1), qlens)
     slots = np.full(num_tokens, -1, np.int32)
     p = pos[:n_tok]
     slots[:n_tok] = tables[seq_of, p // block_size] * block_size + p % block_size
@@ -78,16 +91,39 @@ def build_metadata(batch: ScheduledBatch, *, num_tokens: int, num_seqs: int,
     lens[:n_seq] = ends
     logit_rows = np.zeros(num_seqs, np.int32)
     logit_rows[:n_seq] = qsl[1:n_seq + 1] - 1
-    return BatchMetadata(ids, pos, slots, tables, lens, qsl, logit_rows, n_seq, n_tok)
+    return BatchMetadata(ids, pos, slots, source, tables, lens, qsl, logit_rows, n_seq, n_tok)
 
 
-_FIELDS = ("input_ids", "positions", "slot_mapping", "logits_indices", "seq_lens",
+_FIELDS = ("input_ids", "positions", "slot_mapping", "token_source", "logits_indices", "seq_lens",
            "query_start_loc", "num_seqs", "block_tables")
 _ALIGN = 32  # elements: every field starts 128-byte aligned
 
 
 def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
+
+
+_TOKEN_FIELDS = ("input_ids", "positions", "slot_mapping", "token_source")
+
+
+@functools.lru_cache(maxsize=4096)
+def _slices(layout: "MetadataLayout", num_tokens: int, num_seqs: int) -> tuple[tuple[str, slice, tuple[int, ...]], ...]:
+    # (field, slice into the packed vector, shape): a pure function of its key, so cached
+    out = []
+    for name in _FIELDS:
+        if name in _TOKEN_FIELDS:
+            shape: tuple[int, ...] = (num_tokens,)
+        elif name == "query_start_loc":
+            shape = (num_seqs + 1,)
+        elif name == "num_seqs":
+            shape = (1,)
+        elif name == "block_tables":
+            shape = (num_seqs, layout.max_blocks)
+        else:
+            shape = (num_seqs,)
+        o = layout.offset(name)
+        out.append((name, slice(o, o + math.prod(shape)), shape))
+    return tuple(out)
 
 
 @attrs.frozen
@@ -103,10 +139,14 @@ class MetadataLayout:
     max_blocks: int
 
     def capacity(self, name: str) -> int:
-        return {"input_ids": self.max_tokens, "positions": self.max_tokens,
-                "slot_mapping": self.max_tokens, "logits_indices": self.max_seqs,
-                "seq_lens": self.max_seqs, "query_start_loc": self.max_seqs + 1,
-                "num_seqs": 1, "block_tables": self.max_seqs * self.max_blocks}[name]
+        if name in _TOKEN_FIELDS:
+            return self.max_tokens
+        caps = {"logits_indices": self.max_seqs, "seq_lens": self.max_seqs,
+                "query_start_loc": self.max_seqs + 1, "num_seqs": 1,
+                "block_tables": self.max_seqs * self.max_blocks}
+        if name not in caps:
+            raise NotFoundError(f"unknown metadata field {name!r}; fields: {_FIELDS}")
+        return caps[name]
 
     def offset(self, name: str) -> int:
         off = 0
@@ -128,27 +168,24 @@ class MetadataLayout:
         """For each field: (slice into the packed vector, shape) at the padded sizes."""
         if num_tokens > self.max_tokens or num_seqs > self.max_seqs:
             raise ArgumentError(f"padded sizes ({num_tokens} tokens, {num_seqs} seqs) exceed the "
-                             f"layout's ({self.max_tokens}, {self.max_seqs})")
-        rows = {"input_ids": (num_tokens,), "positions": (num_tokens,),
-                "slot_mapping": (num_tokens,), "logits_indices": (num_seqs,),
-                "seq_lens": (num_seqs,), "query_start_loc": (num_seqs + 1,), "num_seqs": (1,),
-                "block_tables": (num_seqs, self.max_blocks)}
-        out = {}
-        for name, shape in rows.items():
-            o = self.offset(name)
-            out[name] = (slice(o, o + int(np.prod(shape))), shape)
-        return out
+                                f"layout's ({self.max_tokens}, {self.max_seqs}); build the layout "
+                                "for the largest padded step")
+        return {name: (sl, shape) for name, sl, shape in _slices(self, num_tokens, num_seqs)}
 
     def pack(self, meta: BatchMetadata, out: np.ndarray) -> int:
         """Write meta into the packed int32 vector `out`; return the prefix length used."""
         if out.dtype != np.int32 or out.shape != (self.size,):
             raise ArgumentError(f"packed metadata must be int32 of shape ({self.size},), got "
-                             f"{out.dtype} {out.shape}")
+                                f"{out.dtype} {out.shape}")
         if meta.block_tables.shape[1] != self.max_blocks:
             raise ArgumentError(f"block table width {meta.block_tables.shape[1]} != layout's "
-                             f"{self.max_blocks}")
+                                f"{self.max_blocks}")
         n_tok, n_seq = meta.input_ids.shape[0], meta.seq_lens.shape[0]
-        for name, (sl, shape) in self.slices(n_tok, n_seq).items():
-            value = np.int32(meta.num_seqs) if name == "num_seqs" else getattr(meta, name)
-            out[sl] = np.reshape(value, -1)
+        if n_tok > self.max_tokens or n_seq > self.max_seqs:
+            self.slices(n_tok, n_seq)  # raises, naming the sizes
+        for name, sl, _ in _slices(self, n_tok, n_seq):
+            if name == "num_seqs":
+                out[sl.start] = meta.num_seqs
+            else:
+                out[sl] = getattr(meta, name).reshape(-1)
         return self.used(n_seq)

@@ -10,6 +10,13 @@ Each step forms one batch under two budgets, `max_num_seqs` sequences and
 A batch whose every sequence has a one-token query is a uniform decode batch (the FULL
 graph path); any batch with a longer prefill is mixed. KV blocks are reserved at
 admission, so a running request never waits for memory and nothing is preempted.
+
+Tokens may come back late. Scheduling depends only on counts (a request stops after
+max_new_tokens), so `update(batch)` advances the counts without the sampled values and
+`record(batch, tokens)` stores them later, in step order. Every decode sequence names
+`source_row`, the row of its request in the previous step, whose sampled token is its
+input: the engine feeds it on the device, so the host never waits for a token to go on.
+A decode sequence's `token_ids` holds that token when it is already recorded, else -1.
 """
 
 from __future__ import annotations
@@ -53,12 +60,17 @@ class Request:
 
 @attrs.frozen
 class ScheduledSeq:
-    """One sequence's share of a step: query tokens starting at position `start`."""
+    """One sequence's share of a step: query tokens starting at position `start`.
+
+    source_row: for a decode, the request's row in the previous step (its sampled token is
+    this step's input); -1 for a prefill, whose token ids are all given.
+    """
 
     request_id: Hashable
     token_ids: tuple[int, ...]
     start: int
     block_ids: tuple[int, ...]
+    source_row: int = -1
 
     @property
     def query_len(self) -> int:
@@ -95,11 +107,16 @@ class _Running:
     request: Request
     block_ids: tuple[int, ...]
     num_computed: int = 0
+    generated: int = 0  # tokens sampled so far (their values may not be recorded yet)
+    row: int = -1  # row in the last scheduled batch
     output: list[int] = attrs.Factory(list)
+
+    def last_token(self) -> int:
+        return self.output[-1] if self.output and len(self.output) == self.generated else -1
 
 
 class Scheduler:
-    """Forms batches step by step; `update` feeds back the sampled tokens."""
+    """Forms batches step by step; `update` advances them, `record` stores sampled tokens."""
 
     def __init__(self, *, max_num_seqs: int, max_num_batched_tokens: int,
                  allocator: BlockAllocator) -> None:
@@ -115,7 +132,8 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._running: list[_Running] = []
         self._ids: set[Hashable] = set()
-        self.finished: dict[Hashable, tuple[int, ...]] = {}
+        self._done: dict[Hashable, _Running] = {}
+        self._recording: dict[Hashable, _Running] = {}  # every admitted request, by id
         self._pending: ScheduledBatch | None = None
 
     def add(self, request: Request) -> None:
@@ -134,6 +152,12 @@ class Scheduler:
         self._waiting.append(request)
 
     @property
+    def finished(self) -> dict[Hashable, tuple[int, ...]]:
+        """Generated tokens of every finished request whose tokens are all recorded."""
+        return {rid: tuple(r.output) for rid, r in self._done.items()
+                if len(r.output) == r.request.max_new_tokens}
+
+    @property
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
 
@@ -150,7 +174,7 @@ class Scheduler:
         if self._pending is not None:
             raise StateError("schedule() called twice without update(); feed back the sampled "
                                "tokens of the previous batch first")
-        seqs = [ScheduledSeq(r.request.request_id, (r.output[-1],), r.num_computed, r.block_ids)
+        seqs = [ScheduledSeq(r.request.request_id, (r.last_token(),), r.num_computed, r.block_ids, r.row)
                 for r in self._running]
         budget = self.max_num_batched_tokens - len(seqs)
         num_decodes = len(seqs)
@@ -161,31 +185,52 @@ class Scheduler:
             self._waiting.popleft()
             run = _Running(req, self.allocator.allocate(req.kv_tokens))
             self._running.append(run)
+            self._recording[req.request_id] = run
             seqs.append(ScheduledSeq(req.request_id, req.prompt, 0, run.block_ids))
             budget -= len(req.prompt)
         if not seqs:
             return None
+        for row, run in enumerate(self._running):  # running order is the batch's row order
+            run.row = row
         self._pending = ScheduledBatch(tuple(seqs), num_decodes)
         return self._pending
 
-    def update(self, batch: ScheduledBatch, sampled: Sequence[int]) -> list[Hashable]:
-        """Record each sequence's sampled token; return the ids that finished."""
+    def update(self, batch: ScheduledBatch, sampled: Sequence[int] | None = None) -> list[Hashable]:
+        """Advance every sequence of the last scheduled batch by one sampled token; return
+        the ids that finished (their KV blocks are free again). With `sampled`, also
+        record the token values (see record())."""
         if batch is not self._pending:
-            raise StateError("update() got a batch that is not the last scheduled one")
-        if len(sampled) < len(batch.seqs):
-            raise ArgumentError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences")
+            raise StateError("update() got a batch that is not the last scheduled one; call "
+                             "schedule() and update() in turn")
+        if sampled is not None and len(sampled) < len(batch.seqs):
+            raise ArgumentError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences; "
+                                "pass one token per scheduled sequence")
         self._pending = None
-        by_id = {r.request.request_id: r for r in self._running}
         done: list[Hashable] = []
-        for seq, tok in zip(batch.seqs, sampled):
-            run = by_id[seq.request_id]
+        for seq in batch.seqs:
+            run = self._recording[seq.request_id]
             run.num_computed += seq.query_len
-            run.output.append(int(tok))
-            if len(run.output) >= run.request.max_new_tokens:
+            run.generated += 1
+            if run.generated >= run.request.max_new_tokens:
                 done.append(seq.request_id)
                 self.allocator.free(run.block_ids)
-                self.finished[seq.request_id] = tuple(run.output)
+                self._done[seq.request_id] = run
         if done:
             gone = set(done)
             self._running = [r for r in self._running if r.request.request_id not in gone]
+        if sampled is not None:
+            self.record(batch, sampled)
         return done
+
+    def record(self, batch: ScheduledBatch, sampled: Sequence[int]) -> None:
+        """Store the token each sequence of an updated batch sampled. Batches must be
+        recorded in the order they were scheduled."""
+        if len(sampled) < len(batch.seqs):
+            raise ArgumentError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences; "
+                                "pass one token per scheduled sequence")
+        for seq, tok in zip(batch.seqs, sampled):
+            run = self._recording[seq.request_id]
+            if len(run.output) >= run.generated:
+                raise StateError(f"request {seq.request_id!r}: more tokens recorded than sampled; "
+                                 "record each batch once, after update()")
+            run.output.append(int(tok))

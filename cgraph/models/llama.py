@@ -28,6 +28,7 @@ class ForwardInputs:
     input_ids: Any        # [T] int32
     positions: Any        # [T] int32
     slot_mapping: Any     # [T] int32 (-1: padding, no KV write)
+    token_source: Any     # [T] int32: previous step's row whose sampled token is this input, or -1
     block_tables: Any     # [S, max_blocks] int32
     seq_lens: Any         # [S] int32
     query_start_loc: Any  # [S+1] int32
@@ -55,6 +56,7 @@ class Workspace:
     last: Any         # [S, H] hidden rows of each sequence's last token
     logits: Any       # [S, V]
     next_tokens: Any  # [S] int32: greedy samples (the step's output)
+    sampled: Any      # [max_seqs] int32: the previous step's samples (the caller copies next_tokens here)
 
 
 def workspace_specs(cfg: LlamaConfig, max_tokens: int, max_seqs: int) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -66,6 +68,7 @@ def workspace_specs(cfg: LlamaConfig, max_tokens: int, max_seqs: int) -> dict[st
         "qkv": ((t, cfg.q_size + 2 * cfg.kv_size), dt),
         "attn": ((t, cfg.q_size), dt), "gate_up": ((t, 2 * i), dt), "act": ((t, i), dt),
         "last": ((s, h), dt), "logits": ((s, cfg.vocab_size), dt), "next_tokens": ((s,), "int32"),
+        "sampled": ((s,), "int32"),
     }
 
 
@@ -87,7 +90,7 @@ def workspace_views(bufs: Any, cfg: LlamaConfig, num_tokens: int, num_seqs: int)
              ("residual", "hidden", "delta", "gate_up", "act")}
     plain.update({name: bufs.view(name, num_seqs) for name in ("last", "logits", "next_tokens")})
     return Workspace(qkv=qkv, q=q, k=k, q3=heads(q, hq), k3=heads(k, hkv), v3=heads(v, hkv),
-                     attn=attn, attn3=attn.reshape(t, hq, d), **plain)
+                     attn=attn, attn3=attn.reshape(t, hq, d), sampled=bufs["sampled"], **plain)
 
 
 def _attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, inp: ForwardInputs, out: Any,
@@ -166,6 +169,10 @@ class LlamaModel:
                 max_query_len: int) -> Any:
         """One step: logits of each sequence's last token, greedy ids into ws.next_tokens.
 
+        First every input id whose token_source is a row (>= 0) is replaced, in place, by
+        ws.sampled[row]: the token that row sampled in the previous step (-1 keeps the id).
+        ws.sampled is read, never written, so the forward stays idempotent (a capture's
+        warm-up runs it twice); the caller copies next_tokens into it between steps.
         max_query_len: 1 when every row is its own sequence (decode path), else an upper
         bound on any sequence's query length (a graph passes its padded token count).
         Returns ws.next_tokens ([S] int32; rows past num_seqs are padding, ignore them).
@@ -174,6 +181,8 @@ class LlamaModel:
 
         cfg = self.cfg
         eps = cfg.rms_eps
+        # decodes read the token their request sampled last step, still on the device
+        K.feed_tokens(inp.input_ids, inp.token_source, ws.sampled)
         K.embedding(inp.input_ids, self.embed, out=ws.residual)
         for n, layer in enumerate(self.layers):
             if n == 0:

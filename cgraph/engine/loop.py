@@ -1,0 +1,166 @@
+"""The generation loop: host work of step N+1 overlapped with the GPU running step N.
+
+A step is *enqueued* (metadata packed into a pinned staging buffer and copied in, the
+forward launched, the sampled tokens copied back into pinned memory, two events around
+it) and later *resolved* (its end event waited for, its tokens recorded in the
+scheduler). Scheduling depends only on counts and every decode's input token is fed on
+the device (cgraph.engine.scheduler, LlamaModel.forward), so the overlapped loop never
+waits for a step before enqueuing the next: it resolves a step only when its slot of the
+ring comes round again (the ring bounds how far the host runs ahead) and at the end. The
+synchronous loop resolves each step right after enqueuing it.
+
+Times: a step's GPU time runs from its start event to its end event; its gap is the
+device idle time since the previous step's end; host time is the host's own work
+(scheduling, metadata, launches), without its waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Hashable
+
+import attrs
+import numpy as np
+
+from cgraph.core.descriptors import BatchDescriptor
+from cgraph.core.modes import GraphMode
+from cgraph.cuda.device import require_device
+from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator
+from cgraph.engine.metadata import MetadataLayout, build_metadata
+from cgraph.engine.scheduler import Request, ScheduledBatch, Scheduler
+from cgraph.engine.stats import StepRecord, summarize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cgraph.engine.engine import Engine
+
+#: steps in flight at most: the host resolves step N before it enqueues step N + RING
+RING = 4
+
+
+@attrs.frozen
+class GenerationResult:
+    """Generated token ids per request, the step records, and the run's summary."""
+
+    outputs: dict[Hashable, tuple[int, ...]]
+    steps: tuple[StepRecord, ...]
+    summary: dict[str, float]
+
+
+@attrs.define(eq=False)
+class StepSlot:
+    """Pinned staging for one step in flight: its metadata, its tokens, its two events."""
+
+    staging: np.ndarray
+    tokens: np.ndarray
+    start: Any
+    end: Any
+
+    @classmethod
+    def allocate(cls, layout: MetadataLayout, max_seqs: int) -> "StepSlot":
+        cp = require_device()
+        import cupyx  # noqa: PLC0415 - GPU layer
+
+        return cls(cupyx.empty_pinned((layout.size,), dtype=np.int32),
+                   cupyx.empty_pinned((max_seqs,), dtype=np.int32), cp.cuda.Event(), cp.cuda.Event())
+
+
+
+@attrs.define(eq=False)
+class InFlight:
+    """A step enqueued and not yet resolved."""
+
+    batch: ScheduledBatch
+    slot: StepSlot
+    mode: GraphMode
+    descriptor: BatchDescriptor
+    padded: int
+
+
+def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eager: bool = False) -> InFlight:
+    """Queue one step on the current stream; returns without waiting for the GPU.
+
+    The slot must be free (its previous step resolved): its staging buffer is rewritten.
+    """
+    stream = require_device().cuda.get_current_stream()
+    mode, desc, seq_rows, qlen = engine.prepare(batch, eager=eager)
+    padded = desc.num_tokens
+    meta = build_metadata(batch, num_tokens=padded, num_seqs=seq_rows, max_blocks=engine.max_blocks)
+    used = engine.layout.pack(meta, slot.staging)
+    slot.start.record(stream)
+    engine.buffers["meta"][:used].set(slot.staging[:used], stream=stream)
+    engine.launch(mode, desc, seq_rows, qlen)
+    n = len(batch.seqs)
+    engine.buffers["next_tokens"][:n].get(stream=stream, out=slot.tokens[:n], blocking=False)
+    slot.end.record(stream)
+    return InFlight(batch, slot, mode, desc, padded)
+
+
+def resolve_step(step: InFlight, origin: Any) -> tuple[list[int], float, float, float]:
+    """Wait for a step; return (its tokens, GPU seconds, start and end in ms after `origin`,
+    an event recorded before the first step; NaN without one)."""
+    step.slot.end.synchronize()
+    cp = require_device()
+    gpu = cp.cuda.get_elapsed_time(step.slot.start, step.slot.end) / 1e3
+    if origin is None:
+        start = end = math.nan
+    else:
+        start = cp.cuda.get_elapsed_time(origin, step.slot.start)
+        end = cp.cuda.get_elapsed_time(origin, step.slot.end)
+    return step.slot.tokens[: len(step.batch.seqs)].tolist(), gpu, start, end
+
+
+def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> GenerationResult:
+    """Serve every request to completion (see the module docstring for the two loops)."""
+    cp = require_device()
+    sched = Scheduler(max_num_seqs=engine.max_seqs,
+                      max_num_batched_tokens=engine.config.max_num_batched_tokens,
+                      allocator=BlockAllocator(engine.num_kv_blocks, BLOCK_SIZE))
+    for r in requests:
+        sched.add(r)
+    slots = engine.slots
+    origin = cp.cuda.Event()
+    origin.record()
+    pending: list[tuple[InFlight, float]] = []
+    done: list[tuple[InFlight, float, float, float, float]] = []
+
+    def resolve_oldest() -> None:
+        step, host = pending.pop(0)
+        tokens, gpu, start, end = resolve_step(step, origin)
+        sched.record(step.batch, tokens)
+        done.append((step, host, gpu, start, end))
+
+    started = time.perf_counter()
+    index = 0
+    while True:
+        t0 = time.perf_counter()
+        batch = sched.schedule()
+        if batch is None:
+            break
+        slot = slots[index % len(slots)]
+        waited = 0.0
+        if len(pending) == len(slots):  # the slot's previous step must be resolved before reuse
+            w0 = time.perf_counter()
+            resolve_oldest()
+            waited = time.perf_counter() - w0
+        step = enqueue_step(engine, batch, slot)
+        sched.update(batch)
+        pending.append((step, time.perf_counter() - t0 - waited))
+        if not overlap:
+            resolve_oldest()
+            step_done = done[-1]
+            done[-1] = (step_done[0], time.perf_counter() - t0, *step_done[2:])
+        index += 1
+    while pending:
+        resolve_oldest()
+    wall = time.perf_counter() - started
+    records = []
+    prev_end = math.nan
+    for step, host, gpu, start, end in done:
+        gap = max(0.0, (start - prev_end) / 1e3) if not math.isnan(prev_end) else math.nan
+        records.append(StepRecord(step.mode.value, step.batch.uniform_decode, step.batch.num_tokens,
+                                  step.padded, len(step.batch.seqs), host, gpu, gap))
+        prev_end = end
+    outputs = {r.request_id: sched.finished[r.request_id] for r in requests}
+    generated = sum(len(v) for v in outputs.values())
+    return GenerationResult(outputs, tuple(records), summarize(records, generated, wall))
