@@ -6,12 +6,16 @@ import base64
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+nbformat = pytest.importorskip("nbformat", reason="needs nbformat (pip install 'cgraph-cupy[test]')")
+
+from cgraph.core.errors import ArgumentError, CgraphError
 from cgraph.notebook import (PROVENANCE_KEY, NotebookError, cell_source, cell_tags, main, read_notebook,
                              run_notebook)
 
@@ -88,6 +92,10 @@ def test_pure_cells_run(name, monkeypatch):
     monkeypatch.setenv("CGRAPH_SEED", str(np.random.default_rng().integers(2**31)))
     nb = read_notebook(NOTEBOOKS / f"{name}.ipynb")
     pure = [c for c in _code_cells(nb) if "pure" in cell_tags(c)]
+    if not pure:  # running nothing is no pass: the executor says so instead
+        with pytest.raises(ArgumentError, match="no code cell carries the tag 'pure'"):
+            run_notebook(NOTEBOOKS / f"{name}.ipynb", only_tagged="pure")
+        return
     # CI may lack matplotlib (and has no GPU): make both imports fail inside the pure cells
     for module in ("matplotlib", "matplotlib.pyplot", "cupy"):
         monkeypatch.setitem(sys.modules, module, None)
@@ -140,13 +148,14 @@ def test_builder_parses_markers_and_rejects_bad_ones(tmp_path):
 
 # --------------------------------------------------------------------------- the executor
 def _write_nb(path: Path, cells: list[tuple[str, str, list[str]]]) -> Path:
-    nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    """A small notebook written with nbformat: (kind, source, tags) per cell, ids c0, c1, ..."""
+    made = []
     for i, (kind, src, tags) in enumerate(cells):
-        cell = {"cell_type": kind, "id": f"c{i}", "metadata": {"tags": tags} if tags else {}, "source": src}
-        if kind == "code":
-            cell.update(execution_count=None, outputs=[])
-        nb["cells"].append(cell)
-    path.write_text(json.dumps(nb))
+        new = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+        made.append(new(src, id=f"c{i}", metadata={"tags": tags} if tags else {}))
+    nb = nbformat.v4.new_notebook(cells=made)
+    nbformat.validate(nb)
+    nbformat.write(nb, str(path))
     return path
 
 
@@ -265,6 +274,92 @@ def test_cli_reports_ok_and_fail(tmp_path, capsys):
     good = _write_nb(tmp_path / "good.ipynb", [("code", "print(6 * 7)", [])])
     bad = _write_nb(tmp_path / "bad.ipynb", [("code", "raise RuntimeError('boom')", [])])
     assert main([str(good)]) == 0
-    assert main([str(good), str(bad)]) == 1
+    assert main([str(bad), str(good)]) == 1
     out = capsys.readouterr().out
-    assert re.search(r"OK +.*good\.ipynb", out) and re.search(r"FAIL .*bad\.ipynb.*boom", out)
+    assert re.search(r"FAIL .*bad\.ipynb: cell 0 .*boom", out)
+    assert re.search(r"OK +.*good\.ipynb", out.split("bad.ipynb", 1)[1]), "the notebook after the failure ran"
+    assert "1 of 2 notebooks failed" in out
+
+
+def _marker_nb(tmp_path: Path, name: str) -> tuple[Path, Path, str]:
+    """A notebook that writes a fresh random token into a file: proof that it ran."""
+    token = str(int(np.random.default_rng().integers(1, 10**12)))
+    marker = tmp_path / f"{name}.ran"
+    nb = _write_nb(tmp_path / f"{name}.ipynb", [("code", f"open({marker.name!r}, 'w').write({token!r})", [])])
+    return nb, marker, token
+
+
+EXITS = ["exit()", "quit()", "import sys\nsys.exit(0)", "import sys\nsys.exit()", "raise SystemExit(3)",
+         "import sys\nsys.exit('stopped early')", "import sys\ndef f():\n    sys.exit(0)\nf()"]
+
+
+@pytest.mark.parametrize("code", EXITS)
+def test_a_cell_that_exits_fails_its_notebook(tmp_path, code):
+    nb = _write_nb(tmp_path / "exits.ipynb", [("code", "x = 1", []), ("markdown", "m", []),
+                                              ("code", f"print('before')\n{code}", []),
+                                              ("code", "after = True", [])])
+    ns: dict = {}
+    with pytest.raises(NotebookError, match=r"exits\.ipynb: cell 2 \(execution 2\) exited \(SystemExit") as info:
+        run_notebook(nb, namespace=ns)
+    assert isinstance(info.value, CgraphError) and isinstance(info.value.__cause__, SystemExit)
+    assert info.value.cell_index == 2 and "after" not in ns
+    out = info.value.results[-1].outputs
+    assert out[0]["text"] == ["before\n"] and out[-1]["ename"] == "SystemExit"
+
+
+@pytest.mark.parametrize("code", [EXITS[2], EXITS[4]])
+def test_cli_runs_the_notebooks_after_an_exit_and_fails(tmp_path, capsys, code):
+    first, first_marker, first_token = _marker_nb(tmp_path, "first")
+    exits = _write_nb(tmp_path / "exits.ipynb", [("code", code, [])])
+    later, marker, token = _marker_nb(tmp_path, "later")
+    assert main([str(first), str(exits), str(later)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAIL .*exits\.ipynb: cell 0 .*SystemExit", out)
+    assert re.search(r"OK +.*first\.ipynb", out) and re.search(r"OK +.*later\.ipynb", out)
+    assert first_marker.read_text() == first_token and marker.read_text() == token
+
+
+def test_module_command_exit_status_after_sys_exit_zero(tmp_path):
+    exits = _write_nb(tmp_path / "exits.ipynb", [("code", "import sys\nsys.exit(0)", [])])
+    later, marker, token = _marker_nb(tmp_path, "later")
+    proc = subprocess.run([sys.executable, "-m", "cgraph.notebook", str(exits), str(later)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"FAIL .*exits\.ipynb: cell 0 .*SystemExit, code 0", proc.stdout), proc.stdout
+    assert re.search(r"OK +.*later\.ipynb", proc.stdout) and marker.read_text() == token
+
+
+def test_unknown_tag_is_an_error_listing_the_tags(tmp_path, capsys):
+    tagged = _write_nb(tmp_path / "tagged.ipynb", [("code", "a = 1", ["pure"]), ("code", "b = 2", ["silent"]),
+                                                   ("markdown", "text", ["nope"])])
+    plain = _write_nb(tmp_path / "plain.ipynb", [("code", "a = 1", [])])
+    with pytest.raises(ArgumentError, match=r"tagged\.ipynb: no code cell carries the tag 'nope'.*'pure', 'silent'"):
+        run_notebook(tagged, only_tagged="nope")
+    with pytest.raises(ArgumentError, match=r"tags on its code cells: none"):
+        run_notebook(plain, only_tagged="pure")
+    assert main(["--only-tagged", "pure", str(plain), str(tagged)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAIL .*plain\.ipynb: .*no code cell carries the tag 'pure'", out)
+    assert re.search(r"OK +.*tagged\.ipynb: 1 cells", out)
+
+
+def test_cli_timeout_fails_that_notebook_only(tmp_path, capsys):
+    slow = _write_nb(tmp_path / "slow.ipynb", [("code", "x = 1", []),
+                                              ("code", "import time\nwhile True:\n    time.sleep(0.01)", [])])
+    later, marker, token = _marker_nb(tmp_path, "later")
+    assert main(["--timeout", "0.3", str(slow), str(later)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAIL .*slow\.ipynb: cell 1 .*CellTimeout", out) and marker.read_text() == token
+
+
+def test_a_cell_that_swallows_its_timeout_still_fails(tmp_path):
+    nb = _write_nb(tmp_path / "sly.ipynb", [("code", "import time\ntry:\n    while True:\n        time.sleep(0.01)\n"
+                                                     "except Exception:\n    pass\nprint('went on')", [])])
+    with pytest.raises(NotebookError, match=r"cell 0 .*CellTimeout.*caught"):
+        run_notebook(nb, timeout=0.2)
+
+
+def test_keyboard_interrupt_stops_the_run(tmp_path):
+    nb = _write_nb(tmp_path / "ctrl_c.ipynb", [("code", "raise KeyboardInterrupt", [])])
+    with pytest.raises(KeyboardInterrupt):
+        main([str(nb)])
