@@ -1,4 +1,8 @@
-"""Breakable captures: segments, eager breaks, the decorator and BreakableRunner on a device."""
+"""Breakable captures: segments, eager breaks, the decorator and BreakableRunner on a device.
+
+Every capture is replayed at least twice, each time with new random values copied into the
+captured input arrays and the outputs poisoned first, and compared with NumPy (or eager).
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,16 @@ from cgraph.cuda.breakable import BreakableCapture, BreakableRunner, eager_break
 from cgraph.cuda.callbacks import host_callback  # noqa: E402
 from cgraph.cuda.graph import capture  # noqa: E402
 from cgraph.core.errors import NestedCaptureError  # noqa: E402
-from cgraph.cuda.runner import capture_phase  # noqa: E402
+from cgraph import capture_phase  # noqa: E402
 
 BREAK_CALLS = []
+
+
+def fresh(x):
+    """Copy new random values into the captured array x (its address stays); return them on the host."""
+    new = rand(cp, x.shape, x.dtype)
+    x[...] = new
+    return new.get()
 
 
 @eager_break
@@ -31,15 +42,18 @@ def double_in_place(x):
 
 
 def test_no_break_gives_one_graph():
-    x = rand(cp, 8)
+    x, y = rand(cp, 8), cp.empty(8, cp.float32)
     with BreakableCapture() as cap:
-        x += 1
-        x *= 3
+        cp.add(x, 1, out=y)
+        y *= 3
     assert [s.kind for s in cap.segments] == ["graph"]
     assert repr(cap) == "BreakableCapture(graphs=1, eager_breaks=0)"
-    x[...] = 4
-    cap.replay()
-    np.testing.assert_allclose(x.get(), 15)
+    for _ in range(2):
+        xh = fresh(x)
+        poison(y)
+        cap.replay()
+        np.testing.assert_allclose(y.get(), (xh + 1) * 3, rtol=1e-6)
+        np.testing.assert_array_equal(x.get(), xh)  # the input is only read
     cap.close()
 
 
@@ -56,21 +70,27 @@ def test_two_breaks_order_and_single_capture_call():
     assert len(BREAK_CALLS) == 2  # each break ran once at capture
     assert repr(cap) == "BreakableCapture(graphs=3, eager_breaks=2)"
     assert all(s.nodes > 0 for s in cap.segments if s.kind == "graph")
+    for n in range(1, 3):
+        xh = fresh(x)
+        cap.replay()
+        np.testing.assert_allclose(x.get(), (((xh + 1) * 2 + 2) * 2) + 3, rtol=1e-6)
+        assert len(BREAK_CALLS) == 2 + 2 * n  # a replay calls each break's Python again
     cap.close()
 
 
 def test_numerics_of_the_issue_example():
-    x = cp.full(4, 3.0, dtype=cp.float32)
+    x = rand(cp, 4)
+    before = x.get()
     with BreakableCapture() as cap:
         x += 1
         double_in_place(x)
         x += 5
     # The graph parts did not run during capture; only the break did.
-    np.testing.assert_allclose(x.get(), 6.0)
-    for start, want in ((10.0, 27.0), (100.0, 207.0)):
-        x.fill(start)
+    np.testing.assert_allclose(x.get(), before * 2, rtol=1e-6)
+    for _ in range(2):
+        xh = fresh(x)
         cap.replay()
-        np.testing.assert_allclose(x.get(), want)
+        np.testing.assert_allclose(x.get(), (xh + 1) * 2 + 5, rtol=1e-6)
     cap.close()
 
 
@@ -81,27 +101,45 @@ def test_empty_segments_record_no_graph():
         double_in_place(x)
         x += 1
     assert [s.kind for s in cap.segments] == ["eager", "eager", "graph"]
+    for _ in range(2):
+        xh = fresh(x)
+        cap.replay()
+        np.testing.assert_allclose(x.get(), xh * 4 + 1, rtol=1e-6)
     cap.close()
 
 
 def test_nesting_raises_and_state_is_cleared():
+    x = rand(cp, 8)
     with BreakableCapture() as cap:
+        x += 1
         with pytest.raises(NestedCaptureError):
             BreakableCapture().__enter__()
         with pytest.raises(NestedCaptureError):
             capture(lambda: None)
+        x *= 2
     assert _state.active() is None
+    for _ in range(2):  # the refused nested captures left the outer one intact
+        xh = fresh(x)
+        cap.replay()
+        np.testing.assert_allclose(x.get(), (xh + 1) * 2, rtol=1e-6)
     cap.close()
 
 
 def test_other_thread_sees_no_active_capture():
     seen = []
+    x = rand(cp, 8)
     with BreakableCapture() as cap:
+        x += 1
         t = threading.Thread(target=lambda: seen.append(_state.active()))
         t.start()
         t.join()
         assert _state.active() is not None
+        x *= 3
     assert seen == [None]
+    for _ in range(2):
+        xh = fresh(x)
+        cap.replay()
+        np.testing.assert_allclose(x.get(), (xh + 1) * 3, rtol=1e-6)
     cap.close()
 
 
@@ -116,12 +154,15 @@ def test_exception_ends_capture_and_clears_state():
     assert _state.active() is None
     assert not cap.pool.stream.is_capturing()
     assert cap.segments == ()
+    with pytest.raises(RuntimeError):  # a failed capture kept nothing to replay
+        cap.replay()
     cp.cuda.Device().synchronize()
     with BreakableCapture(pool=cap.pool) as again:
         x += 1
-    x.fill(1)
-    again.replay()
-    np.testing.assert_allclose(x.get(), 2)
+    for _ in range(2):
+        xh = fresh(x)
+        again.replay()
+        np.testing.assert_allclose(x.get(), xh + 1, rtol=1e-6)
     cap.pool.close()
 
 
@@ -137,6 +178,8 @@ def test_exception_inside_a_break_ends_capture():
             x += 1
             bad(x)
     assert _state.active() is None and not cap.pool.stream.is_capturing()
+    with pytest.raises(RuntimeError):  # nothing was recorded
+        cap.replay()
     cap.close()
 
 
@@ -152,9 +195,10 @@ def test_nested_decorated_ops_make_one_break():
         outer(x)
         x += 1
     assert [s.kind for s in cap.segments] == ["graph", "eager", "graph"]
-    x.fill(2)
-    cap.replay()
-    np.testing.assert_allclose(x.get(), ((2 + 1) * 2 + 1) + 1)
+    for _ in range(2):
+        xh = fresh(x)
+        cap.replay()
+        np.testing.assert_allclose(x.get(), ((xh + 1) * 2 + 1) + 1, rtol=1e-6)
     cap.close()
 
 
@@ -169,17 +213,21 @@ def test_break_under_full_capture_is_captured():
 
     g = capture(fn, x, warmup=0)
     assert len(BREAK_CALLS) == 1
-    x.fill(10)
+    for _ in range(2):
+        xh = fresh(x)
+        g.replay()
+        np.testing.assert_allclose(x.get(), (xh + 1) * 2, rtol=1e-6)
+    xh = fresh(x)
     g.replay()
-    g.replay()
-    np.testing.assert_allclose(x.get(), ((10 + 1) * 2 + 1) * 2)
+    g.replay()  # back to back: the second replay starts from the first one's result
+    np.testing.assert_allclose(x.get(), ((xh + 1) * 2 + 1) * 2, rtol=1e-6)
     assert len(BREAK_CALLS) == 1  # replays run the captured kernels, not Python
     g.close()
 
 
 def test_break_returning_new_array_is_an_error_unless_copied():
     @eager_break
-    def fresh(x):
+    def doubled(x):
         return x * 2
 
     @eager_break(copy_into="out")
@@ -189,16 +237,18 @@ def test_break_returning_new_array_is_an_error_unless_copied():
     x, out = rand(cp, 8), cp.empty(8, cp.float32)
     with pytest.raises(ValueError, match="new array"):
         with BreakableCapture():
-            fresh(x)
+            doubled(x)
     assert _state.active() is None
     with BreakableCapture() as cap:
         x += 1
         fresh_into(x, out)
         out += 1
-    x.fill(3)
-    poison(out)
-    cap.replay()
-    np.testing.assert_allclose(out.get(), (3 + 1) * 2 + 1)
+    for _ in range(2):
+        xh = fresh(x)
+        poison(out)
+        cap.replay()
+        np.testing.assert_allclose(out.get(), (xh + 1) * 2 + 1, rtol=1e-6)
+        np.testing.assert_allclose(x.get(), xh + 1, rtol=1e-6)
     cap.close()
 
 
@@ -213,7 +263,9 @@ def test_host_callback_inside_breakable_fires_per_replay():
     cp.cuda.Device().synchronize()
     hits.clear()
     for _ in range(3):
+        xh = fresh(x)
         cap.replay()
+        np.testing.assert_allclose(x.get(), (xh + 1) * 2, rtol=1e-6)
     cp.cuda.Device().synchronize()
     assert hits == ["a", "b"] * 3
     cap.close()
@@ -277,8 +329,9 @@ def test_breakable_runner_contract_and_eager_debug_mode():
         runner.run(GraphMode.PIECEWISE, desc, x, w, h, a, out)
     assert len(calls) == 2 and len(runner) == 1
     assert repr(runner.entry(desc)) == "BreakableCapture(graphs=4, eager_breaks=3)"
-    for mode in (GraphMode.PIECEWISE, GraphMode.NONE):
+    for mode in (GraphMode.PIECEWISE, GraphMode.NONE, GraphMode.PIECEWISE):  # two replays
         x[...] = rand(cp, (n, H))
+        w[...] = rand(cp, (n, H))
         poison(out)
         got = runner.run(mode, desc, x, w, h, a, out).get()
         poison(out)
