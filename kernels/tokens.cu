@@ -12,3 +12,21 @@ extern "C" __global__ void feed_tokens(int* __restrict__ input_ids, const int* _
     const int s = source[t];
     if (s >= 0 && s < num_sampled) input_ids[t] = sampled[s];
 }
+
+// advance_decode: the metadata of the next decode step of the same sequences, in place:
+// each live row i < num_seqs moves one position on (seq_len = position + 1), its slot
+// follows from its block table, and its input becomes the token it just sampled. A
+// position past the block table is never followed (its KV write is skipped instead).
+extern "C" __global__ void advance_decode(int* __restrict__ positions, int* __restrict__ seq_lens,
+                                          int* __restrict__ slot_mapping, int* __restrict__ token_source,
+                                          const int* __restrict__ block_tables, const int* __restrict__ num_seqs,
+                                          int rows, int max_blocks, int block_size) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows || i >= num_seqs[0]) return;
+    const int p = positions[i] + 1;
+    const int b = p / block_size;
+    positions[i] = p;
+    seq_lens[i] = p + 1;
+    slot_mapping[i] = (b < max_blocks) ? block_tables[(i64)i * max_blocks + b] * block_size + p % block_size : -1;
+    token_source[i] = i;
+}

@@ -129,6 +129,21 @@ def test_feed_tokens_replaces_ids_whose_source_is_a_sampled_row(cp, t, n):
     np.testing.assert_array_equal(ids.get(), ref.feed_tokens(ids_h, source_h, sampled_h), err_msg=f"seed={SEED}")
 
 
+@pytest.mark.parametrize("rows, live, max_blocks", [(1, 1, 4), (8, 5, 16), (300, 300, 8)])
+def test_advance_decode_moves_live_rows_on_and_never_reads_past_the_table(cp, rows, live, max_blocks):
+    bs = 16
+    pos_h = RNG.integers(0, bs * max_blocks, size=rows).astype(np.int32)
+    pos_h[: min(2, live)] = bs * max_blocks - 1  # next position falls off the table: slot -1
+    lens_h, slots_h = RNG.integers(0, 999, size=rows).astype(np.int32), RNG.integers(-1, 999, size=rows).astype(np.int32)
+    source_h = RNG.integers(-1, rows, size=rows).astype(np.int32)
+    tables_h = RNG.integers(0, 10000, size=(rows, max_blocks)).astype(np.int32)
+    arrays = [cp.asarray(a) for a in (pos_h, lens_h, slots_h, source_h)]
+    K.advance_decode(*arrays, cp.asarray(tables_h), cp.asarray(np.array([live], np.int32)), block_size=bs)
+    want = ref.advance_decode(pos_h, lens_h, slots_h, source_h, tables_h, live, bs)
+    for name, got, exp in zip(("positions", "seq_lens", "slot_mapping", "token_source"), arrays, want):
+        np.testing.assert_array_equal(got.get(), exp, err_msg=f"{name} seed={SEED}")
+
+
 @pytest.mark.parametrize("dt", DTYPES)
 def test_kernels_capture_into_a_cuda_graph_and_replay_with_new_inputs(cp, dt):
     """embedding -> rms_norm(+residual) -> gemm -> silu_and_mul -> gemm -> argmax, and a paged

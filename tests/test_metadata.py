@@ -116,3 +116,30 @@ def test_block_allocator_hands_out_distinct_blocks_and_catches_double_free():
     with pytest.raises(ValueError, match="not allocated"):
         a.free(x)
     assert a.num_free == 6
+
+
+def test_advancing_a_decode_step_gives_the_next_step_s_metadata():
+    """reference.advance_decode (the kernel's contract) equals build_metadata of the next
+    scheduled decode step of the same requests, with the decode inputs fed on the device."""
+    from cgraph.kernels import reference
+
+    rng = np.random.default_rng()
+    n = int(rng.integers(1, 6))
+    sched = Scheduler(max_num_seqs=8, max_num_batched_tokens=256, allocator=BlockAllocator(200))
+    for i in range(n):
+        sched.add(Request(i, rng.integers(0, 100, size=int(rng.integers(1, 40))).tolist(), max_new_tokens=40))
+    batch = sched.schedule()
+    sched.update(batch)  # tokens not read back: decodes are fed on the device
+    padded = 8
+    prev = None
+    for _ in range(30):
+        batch = sched.schedule()
+        assert batch.uniform_decode and len(batch.seqs) == n
+        meta = build_metadata(batch, num_tokens=padded, num_seqs=padded, max_blocks=8)
+        if prev is not None:
+            got = reference.advance_decode(prev.positions, prev.seq_lens, prev.slot_mapping, prev.token_source,
+                                           prev.block_tables, prev.num_seqs, 16)
+            for name, arr in zip(("positions", "seq_lens", "slot_mapping", "token_source"), got):
+                np.testing.assert_array_equal(arr, getattr(meta, name), err_msg=name)
+        sched.update(batch)
+        prev = meta

@@ -3,6 +3,7 @@ memory limit with a negative cache, the engine sized from a memory budget, fallb
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy as np
@@ -174,12 +175,15 @@ def test_engine_sizes_its_kv_cache_from_a_memory_budget():
         assert engine.generate(requests).outputs == want
     with pytest.raises(CapacityError, match="KV cache"):
         Engine(model, _engine_config(), memory_budget=static + block)
-    # a share of the device that leaves room for about 100 blocks beyond what is in use
+    # a share of the device that leaves room for about 4000 blocks (64 MiB) beyond what is
+    # in use now; what else the process allocates meanwhile (about a MiB) moves it a little
+    del engine
+    gc.collect()
     cp.get_default_memory_pool().free_all_blocks()
     free, total = cp.cuda.runtime.memGetInfo()
-    share = (total - free + static + 100 * block) / total
+    share = (total - free + static + 4000 * block) / total
     with Engine(model, _engine_config(), memory_budget=share) as engine:
-        assert 80 <= engine.num_kv_blocks <= 120, engine.memory
+        assert 3800 <= engine.num_kv_blocks <= 4200, engine.memory
         assert engine.generate(requests).outputs == want
 
 

@@ -72,6 +72,7 @@ class BreakableCapture:
 
     def __init__(self, stream: Any = None, pool: GraphPool | None = None, name: str = "breakable") -> None:
         self._cp = require_device()
+        _state.check_idle(name)  # before a pool exists: closing one would synchronize inside a capture
         if pool is not None and not isinstance(pool, GraphPool):
             raise ArgumentTypeError(f"pool must be a GraphPool or None, got {type(pool).__name__}")
         if stream is not None:

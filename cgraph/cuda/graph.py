@@ -26,6 +26,7 @@ from cgraph.core.checks import check_int
 from cgraph.core.errors import ArgumentTypeError, CaptureError, GraphClosedError, NestedCaptureError
 from cgraph.core.tree import argument_addresses
 from cgraph.cuda import callbacks
+from cgraph.cuda import state as _state
 from cgraph.cuda.device import require_device
 from cgraph.cuda.driver import exec_update
 from cgraph.cuda.pool import GraphPool
@@ -73,6 +74,7 @@ def capture(
     if stream is not None:
         check_capture_stream(stream)
     name = name or getattr(fn, "__qualname__", None) or repr(fn)
+    _state.check_idle(name)  # before a pool exists: closing one would synchronize inside a capture
     owns_pool = pool is None
     if pool is None:
         pool = GraphPool()

@@ -44,15 +44,20 @@ def active() -> ActiveCapture | None:
     return getattr(_local, "capture", None)
 
 
-def enter(state: ActiveCapture) -> None:
-    """Make ``state`` this thread's active capture; raises NestedCaptureError if one is active."""
+def check_idle(name: str) -> None:
+    """Raise NestedCaptureError if this thread is capturing (before anything is set up)."""
     current = active()
     if current is not None:
         raise NestedCaptureError(
-            f"cannot start capturing {state.name!r}: this thread is already capturing "
+            f"cannot start capturing {name!r}: this thread is already capturing "
             f"{current.name!r} ({current.kind}); finish that capture first (captures do not nest; "
             "a runner whose mode does not match simply runs inside the outer capture)"
         )
+
+
+def enter(state: ActiveCapture) -> None:
+    """Make ``state`` this thread's active capture; raises NestedCaptureError if one is active."""
+    check_idle(state.name)
     _local.capture = state
 
 

@@ -1,6 +1,7 @@
 """The generation loop: host work of step N+1 overlapped with the GPU running step N.
 
-A step is *enqueued* (metadata packed into a pinned staging buffer and copied in, the
+A step is *enqueued* (metadata packed into a pinned staging buffer and copied in, or, for
+a decode step of the same requests as the step before, advanced on the device; the
 forward launched, the sampled tokens copied back into pinned memory, two events around
 it) and later *resolved* (its end event waited for, its tokens recorded in the
 scheduler). Scheduling depends only on counts and every decode's input token is fed on
@@ -75,25 +76,38 @@ class InFlight:
     mode: GraphMode
     descriptor: BatchDescriptor
     padded: int
+    key: tuple | None  # (request ids, padded rows) of a uniform decode step, else None
 
 
-def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eager: bool = False) -> InFlight:
+def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eager: bool = False,
+                 previous: tuple | None = None) -> InFlight:
     """Queue one step on the current stream; returns without waiting for the GPU.
 
     The slot must be free (its previous step resolved): its staging buffer is rewritten.
+    `previous` is the key of the step enqueued just before on this engine: when both are
+    uniform decode steps of the same requests in the same rows, the step's metadata is
+    advanced on the device (kernels.advance_decode) instead of built and copied in.
     """
+    import cgraph.kernels as K  # noqa: PLC0415 - GPU layer
+
     stream = require_device().cuda.get_current_stream()
     mode, desc, seq_rows, qlen = engine.prepare(batch, eager=eager)
     padded = desc.num_tokens
-    meta = build_metadata(batch, num_tokens=padded, num_seqs=seq_rows, max_blocks=engine.max_blocks)
-    used = engine.layout.pack(meta, slot.staging)
+    key = (tuple(s.request_id for s in batch.seqs), padded) if batch.uniform_decode else None
     slot.start.record(stream)
-    engine.buffers["meta"][:used].set(slot.staging[:used], stream=stream)
+    if key is not None and key == previous:
+        inputs, _ = engine.views_for(padded, seq_rows)
+        K.advance_decode(inputs.positions, inputs.seq_lens, inputs.slot_mapping, inputs.token_source,
+                         inputs.block_tables, inputs.num_seqs, block_size=BLOCK_SIZE, stream=stream)
+    else:
+        meta = build_metadata(batch, num_tokens=padded, num_seqs=seq_rows, max_blocks=engine.max_blocks)
+        used = engine.layout.pack(meta, slot.staging)
+        engine.buffers["meta"][:used].set(slot.staging[:used], stream=stream)
     engine.launch(mode, desc, seq_rows, qlen)
     n = len(batch.seqs)
     engine.buffers["next_tokens"][:n].get(stream=stream, out=slot.tokens[:n], blocking=False)
     slot.end.record(stream)
-    return InFlight(batch, slot, mode, desc, padded)
+    return InFlight(batch, slot, mode, desc, padded, key)
 
 
 def resolve_step(step: InFlight, origin: Any) -> tuple[list[int], float, float, float]:
@@ -132,6 +146,7 @@ def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> Gen
 
     started = time.perf_counter()
     index = 0
+    previous: tuple | None = None  # the device metadata buffer's state is unknown at the start
     while True:
         t0 = time.perf_counter()
         batch = sched.schedule()
@@ -143,7 +158,10 @@ def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> Gen
             w0 = time.perf_counter()
             resolve_oldest()
             waited = time.perf_counter() - w0
-        step = enqueue_step(engine, batch, slot)
+        # the overlapped loop advances decode metadata on the device; the synchronous one
+        # builds every step's metadata on the host, as a step-at-a-time loop does
+        step = enqueue_step(engine, batch, slot, previous=previous if overlap else None)
+        previous = step.key
         sched.update(batch)
         pending.append((step, time.perf_counter() - t0 - waited))
         if not overlap:

@@ -64,7 +64,7 @@ PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "rotary": _elementwise("rotary"),
     "cache": _elementwise("reshape_and_cache"),
     "sampling": _elementwise("argmax"),
-    "tokens": (("feed_tokens",),),
+    "tokens": (("feed_tokens", "advance_decode"),),
     "attention": _attention(),
     "gemm": _gemm(),
     "gemm_sm90": _gemm_sm90(),

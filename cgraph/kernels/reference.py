@@ -141,6 +141,23 @@ def feed_tokens(input_ids: np.ndarray, token_source: np.ndarray, sampled: np.nda
     return ids
 
 
+def advance_decode(positions: np.ndarray, seq_lens: np.ndarray, slot_mapping: np.ndarray,
+                   token_source: np.ndarray, block_tables: np.ndarray, num_seqs: int,
+                   block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, seq_lens, slot_mapping, token_source) of the next decode step of the same
+    sequences: live rows move one position on; rows past num_seqs are unchanged."""
+    pos, lens, slots, source = (np.array(a, copy=True) for a in (positions, seq_lens, slot_mapping, token_source))
+    n = min(int(num_seqs), len(pos))
+    rows = np.arange(n)
+    p = pos[:n] + 1
+    b = p // block_size
+    inside = b < block_tables.shape[1]
+    pos[:n], lens[:n], source[:n] = p, p + 1, rows
+    slots[:n] = np.where(inside, block_tables[rows, np.minimum(b, block_tables.shape[1] - 1)] * block_size
+                         + p % block_size, -1)
+    return pos, lens, slots, source
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=-1).astype(np.int32)
 

@@ -1,9 +1,11 @@
-"""Token bookkeeping on the device: feed each decode its previous step's sampled token."""
+"""Token bookkeeping on the device: feed each decode its previous step's sampled token, and
+advance a decode step's metadata to the next step of the same sequences."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from cgraph.core.checks import check_int
 from cgraph.kernels.launch import I32, launch
 from cgraph.kernels.spec import INT32, Arr, Spec
 
@@ -28,3 +30,31 @@ def feed_tokens(input_ids: Any, token_source: Any, sampled: Any, *, stream: Any 
     launch("tokens", "feed_tokens", (-(-t // _THREADS),), _THREADS,
            (input_ids, token_source, sampled, I32(t), I32(b.dims["N"])), stream)
     return input_ids
+
+
+_ADVANCE = Spec("advance_decode",
+                Arr("positions", ("S",), INT32),
+                Arr("seq_lens", ("S",), INT32),
+                Arr("slot_mapping", ("S",), INT32),
+                Arr("token_source", ("S",), INT32),
+                Arr("block_tables", ("S", "B"), INT32),
+                Arr("num_seqs", (1,), INT32))
+
+
+def advance_decode(positions: Any, seq_lens: Any, slot_mapping: Any, token_source: Any, block_tables: Any,
+                   num_seqs: Any, *, block_size: int, stream: Any = None) -> None:
+    """In place, for a uniform decode step (row i is sequence i) whose next step decodes the
+    same sequences in the same rows: every row i < num_seqs[0] moves one position on,
+    seq_lens[i] = positions[i] + 1, slot_mapping[i] follows from block_tables[i] (-1 past
+    the table: no KV write) and token_source[i] = i (its input is the token it sampled).
+    Rows past num_seqs are left as they are. All int32 and C-contiguous, [S] and [S, B].
+    """
+    b = _ADVANCE.bind(positions=positions, seq_lens=seq_lens, slot_mapping=slot_mapping,
+                      token_source=token_source, block_tables=block_tables, num_seqs=num_seqs).on_device()
+    block_size = check_int(block_size, "block_size", 1, hint="tokens per KV cache block")
+    s = b.dims["S"]
+    if s == 0:
+        return
+    launch("tokens", "advance_decode", (-(-s // _THREADS),), _THREADS,
+           (positions, seq_lens, slot_mapping, token_source, block_tables, num_seqs, I32(s), I32(b.dims["B"]),
+            I32(block_size)), stream)

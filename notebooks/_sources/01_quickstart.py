@@ -22,7 +22,7 @@ import cupy as cp
 
 import cgraph
 from cgraph import capture, kernels as K
-from cgraph.bench.report import device_name
+from cgraph.cuda.device import device_name
 from cgraph.bench.timing import host_us, wall_us
 from cgraph.kernels import reference as ref
 

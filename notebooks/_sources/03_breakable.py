@@ -18,7 +18,7 @@ import numpy as np
 import cupy as cp
 
 from cgraph import BreakableCapture, capture, eager_break, kernels as K
-from cgraph.bench.report import device_name
+from cgraph.cuda.device import device_name
 from cgraph.bench.timing import host_us, wall_us
 from cgraph.kernels import reference as ref
 

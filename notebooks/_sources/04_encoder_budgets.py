@@ -106,7 +106,7 @@ fig.tight_layout()
 # %%
 import cupy as cp
 
-from cgraph.bench.report import device_name
+from cgraph.cuda.device import device_name
 from cgraph.encoder import EncoderGraphManager, VisionEncoder
 from cgraph.encoder.model import EncoderSpec
 
