@@ -173,7 +173,14 @@ class Engine:
         self.load_metadata(build_metadata(ScheduledBatch((), 0), num_tokens=self.max_tokens,
                                           num_seqs=self.max_seqs, max_blocks=self.max_blocks))
 
-    def _step(self, num_tokens: int, num_seqs: int, max_query_len: int) -> Any:
+    def load_metadata(self, meta: Any) -> None:
+        """Copy a step's metadata (cgraph.engine.build_metadata) into the static buffer and wait."""
+        used = self.layout.pack(meta, self.slots[0].staging)
+        stream = self._cp.cuda.get_current_stream()
+        self.buffers["meta"][:used].set(self.slots[0].staging[:used], stream=stream)
+        stream.synchronize()  # the staging buffer is reused next
+
+    def run_forward(self, num_tokens: int, num_seqs: int, max_query_len: int) -> Any:
         """The function every runner wraps: one forward over the static views of one size."""
         inputs, ws = self.views_for(num_tokens, num_seqs)
         return self.model.forward(inputs, ws, self.kv_cache, max_query_len=max_query_len)
