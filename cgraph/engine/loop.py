@@ -10,9 +10,12 @@ waits for a step before enqueuing the next: it resolves a step only when its slo
 ring comes round again (the ring bounds how far the host runs ahead) and at the end. The
 synchronous loop resolves each step right after enqueuing it.
 
-Times: a step's GPU time runs from its start event to its end event; its gap is the
-device idle time since the previous step's end; host time is the host's own work
-(scheduling, metadata, launches), without its waits for the GPU.
+Times, from four events a step: its GPU time is the forward's (events right before and
+after the forward launch: a graph replay is one launch, so nothing the host does shows
+in it); its period is the device time from the previous step's end to its own end (what
+a step costs in a steady stream); its gap is the device idle time from the previous
+step's end to its own first operation; host time is the host's own work (scheduling,
+metadata, launches), without its waits for the GPU.
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ class GenerationResult:
 
 @attrs.define(eq=False)
 class StepSlot:
-    """Pinned staging for one step in flight: its metadata, its tokens, its two events."""
+    """Pinned staging for one step in flight: its metadata, its tokens, its four events
+    (first operation, forward start, forward end, last operation)."""
 
     staging: np.ndarray
     tokens: np.ndarray
     start: Any
+    forward_start: Any
+    forward_end: Any
     end: Any
 
     @classmethod
@@ -63,7 +69,7 @@ class StepSlot:
         import cupyx  # noqa: PLC0415 - GPU layer
 
         return cls(cupyx.empty_pinned((layout.size,), dtype=np.int32),
-                   cupyx.empty_pinned((max_seqs,), dtype=np.int32), cp.cuda.Event(), cp.cuda.Event())
+                   cupyx.empty_pinned((max_seqs,), dtype=np.int32), *(cp.cuda.Event() for _ in range(4)))
 
 
 
@@ -94,16 +100,19 @@ def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eag
     mode, desc, seq_rows, qlen = engine.prepare(batch, eager=eager)
     padded = desc.num_tokens
     key = (tuple(s.request_id for s in batch.seqs), padded) if batch.uniform_decode else None
-    slot.start.record(stream)
     if key is not None and key == previous:
         inputs, _ = engine.views_for(padded, seq_rows)
+        slot.start.record(stream)
         K.advance_decode(inputs.positions, inputs.seq_lens, inputs.slot_mapping, inputs.token_source,
                          inputs.block_tables, inputs.num_seqs, block_size=BLOCK_SIZE, stream=stream)
     else:
         meta = build_metadata(batch, num_tokens=padded, num_seqs=seq_rows, max_blocks=engine.max_blocks)
         used = engine.layout.pack(meta, slot.staging)
+        slot.start.record(stream)
         engine.buffers["meta"][:used].set(slot.staging[:used], stream=stream)
+    slot.forward_start.record(stream)
     engine.launch(mode, desc, seq_rows, qlen)
+    slot.forward_end.record(stream)
     n = len(batch.seqs)
     engine.buffers["next_tokens"][:n].get(stream=stream, out=slot.tokens[:n], blocking=False)
     slot.end.record(stream)
@@ -111,11 +120,11 @@ def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eag
 
 
 def resolve_step(step: InFlight, origin: Any) -> tuple[list[int], float, float, float]:
-    """Wait for a step; return (its tokens, GPU seconds, start and end in ms after `origin`,
-    an event recorded before the first step; NaN without one)."""
+    """Wait for a step; return (its tokens, its forward's GPU seconds, its start and end in
+    ms after `origin`, an event recorded before the first step; NaN without one)."""
     step.slot.end.synchronize()
     cp = require_device()
-    gpu = cp.cuda.get_elapsed_time(step.slot.start, step.slot.end) / 1e3
+    gpu = cp.cuda.get_elapsed_time(step.slot.forward_start, step.slot.forward_end) / 1e3
     if origin is None:
         start = end = math.nan
     else:
@@ -175,9 +184,11 @@ def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> Gen
     records = []
     prev_end = math.nan
     for step, host, gpu, start, end in done:
-        gap = max(0.0, (start - prev_end) / 1e3) if not math.isnan(prev_end) else math.nan
+        known = not math.isnan(prev_end)
+        gap = max(0.0, (start - prev_end) / 1e3) if known else math.nan
+        period = (end - prev_end) / 1e3 if known else math.nan
         records.append(StepRecord(step.mode.value, step.batch.uniform_decode, step.batch.num_tokens,
-                                  step.padded, len(step.batch.seqs), host, gpu, gap))
+                                  step.padded, len(step.batch.seqs), host, gpu, gap, period))
         prev_end = end
     outputs = {r.request_id: sched.finished[r.request_id] for r in requests}
     generated = sum(len(v) for v in outputs.values())

@@ -20,9 +20,11 @@ class StepRecord:
     tokens computed (graph size, or num_tokens when eager); num_seqs: sequences.
     seconds: host time spent on the step (scheduling, metadata, launches; in the
     synchronous loop also the wait for its tokens).
-    gpu_seconds: device time from the step's first to its last queued operation.
-    gap_seconds: device idle time between the previous step's end and this step's start
-    (0 when the host kept the GPU fed). Both are NaN where they were not measured.
+    gpu_seconds: device time of the step's forward (graph replay or eager launches).
+    gap_seconds: device idle time between the previous step's end and this step's first
+    operation (0 when the host kept the GPU fed).
+    period_seconds: device time from the previous step's end to this step's end: what the
+    step cost in the stream of steps. Each is NaN where it was not measured.
     """
 
     mode: str
@@ -33,6 +35,7 @@ class StepRecord:
     seconds: float
     gpu_seconds: float = math.nan
     gap_seconds: float = math.nan
+    period_seconds: float = math.nan
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -67,6 +70,7 @@ def summarize(steps: Iterable[StepRecord], generated_tokens: int,
         "mixed_p99_ms": _percentile(ms(mixed, "seconds"), 99),
         "decode_gpu_p50_ms": _percentile(ms(decode, "gpu_seconds"), 50),
         "decode_gap_p50_ms": _percentile(ms(decode, "gap_seconds"), 50),
+        "decode_period_p50_ms": _percentile(ms(decode, "period_seconds"), 50),
         "gpu_busy": (sum(s.gpu_seconds for s in steps if not math.isnan(s.gpu_seconds)) / total
                      if total > 0 else float("nan")),
         "graph_hit_rate": sum(s.mode != "none" for s in steps) / len(steps),

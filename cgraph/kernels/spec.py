@@ -24,6 +24,7 @@ vector and a scalar kernel it asks :meth:`Bound.aligned` and picks.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Mapping
@@ -134,7 +135,27 @@ class Spec:
         object.__setattr__(self, "at_least", dict(at_least or {}))
 
     def bind(self, known: Mapping[str, int] | None = None, **values: Any) -> Bound:
-        """Check every argument; `known` pre-binds symbols from scalar arguments."""
+        """Check every argument; `known` pre-binds symbols from scalar arguments.
+
+        The result depends only on each array's type, shape, strides, dtype and address
+        (and `known`), so it is cached on those: the static buffers a step launches on
+        are checked in full once, then looked up.
+        """
+        try:
+            key = (id(self), tuple(sorted(known.items())) if known else None,
+                   *(_fingerprint(values.get(spec.name)) for spec in self.arrays))
+        except (AttributeError, TypeError):  # not array-like: the full check reports it
+            key = None
+        bound = _BOUND.get(key) if key is not None else None
+        if bound is None:
+            bound = self._bind(known, values)
+            if key is not None:
+                if len(_BOUND) >= _BOUND_CAP:
+                    _BOUND.clear()
+                _BOUND[key] = bound
+        return bound
+
+    def _bind(self, known: Mapping[str, int] | None, values: Mapping[str, Any]) -> Bound:
         dims: dict[str, int] = dict(known or {})
         origin: dict[str, str] = {s: "the scalar arguments" for s in dims}
         dtypes: dict[str, str] = {}
@@ -162,6 +183,17 @@ class Spec:
         return Bound(dims, dtypes, {spec.name: int(x.dtype.itemsize) for spec, x in present}, addresses, rows, host)
 
 
+_BOUND: dict[tuple, Bound] = {}
+_BOUND_CAP = 4096  # bounded: cleared when full
+
+
+def _fingerprint(x: Any) -> tuple | None:
+    # what a check reads of an array; raises AttributeError for something that is not one
+    if x is None:
+        return None
+    return (type(x), x.shape, x.strides, x.dtype, address(x))
+
+
 def _check_dtype(spec: Arr, x: Any, bound: dict[str, str]) -> str:
     dt = dtype_name(x)
     if spec.like is not None:
@@ -175,6 +207,7 @@ def _check_dtype(spec: Arr, x: Any, bound: dict[str, str]) -> str:
     return dt
 
 
+@functools.lru_cache(maxsize=None)
 def _parse(token: str | int | None) -> tuple[int, str, int] | None:
     if token is None or isinstance(token, int):
         return None
