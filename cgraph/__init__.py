@@ -48,6 +48,8 @@ _LAZY = {
     "BreakableRunner": "cgraph.cuda.breakable",
     "capture_breakable": "cgraph.cuda.breakable",
     "eager_break": "cgraph.cuda.breakable",
+    "while_loop": "cgraph.kernels.control",
+    "cond": "cgraph.kernels.control",
 }
 
 __all__ = [

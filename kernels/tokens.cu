@@ -30,3 +30,14 @@ extern "C" __global__ void advance_decode(int* __restrict__ positions, int* __re
     slot_mapping[i] = (b < max_blocks) ? block_tables[(i64)i * max_blocks + b] * block_size + p % block_size : -1;
     token_source[i] = i;
 }
+
+// record_step_tokens: history[step[0] * rows + i] = sampled[i] for i < rows, where step[0]
+// is an iteration counter on the device (a step of a multi-step decode loop); a step
+// outside [0, steps) records nothing.
+extern "C" __global__ void record_step_tokens(int* __restrict__ history, const int* __restrict__ sampled,
+                                              const int* __restrict__ step, int rows, int steps) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = step[0];
+    if (i >= rows || s < 0 || s >= steps) return;
+    history[(i64)s * rows + i] = sampled[i];
+}

@@ -196,3 +196,23 @@ def test_sync_step_with_host_tokens_and_overlapped_run_agree_on_one_engine(tiny_
             sched.update(batch, tokens)
         assert sched.finished == eager.outputs
         assert eng.generate(reqs).outputs == eager.outputs
+
+
+@pytest.mark.parametrize("mode, steps", [("full", 4), ("full_and_piecewise", 16), ("none", 4)])
+def test_multi_step_decode_generates_the_eager_tokens(tiny_model, eager_run, mode, steps):
+    """Up to K decode steps per launch (a device-side loop), requests joining and finishing."""
+    from cgraph.engine import Engine
+
+    model, _ = tiny_model
+    reqs, eager = eager_run
+    cfg = GraphConfig(mode, capture_sizes=None if mode == "none" else [1, 2, 4, 8, 16, 32, 64, 128, 256],
+                      max_num_seqs=8, max_num_batched_tokens=256)
+    with Engine(model, cfg, decode_steps_per_launch=steps) as eng:
+        if mode != "none":
+            eng.capture(progress=False)
+        result = eng.generate(reqs)
+        again = eng.generate(reqs, overlap=False)
+    assert result.outputs == eager.outputs == again.outputs
+    multi = [s for s in result.steps if s.steps > 1]
+    assert multi and max(s.steps for s in result.steps) <= steps
+    assert sum(s.steps for s in result.steps) == len(eager.steps)  # the same steps, fewer launches

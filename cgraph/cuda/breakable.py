@@ -140,6 +140,7 @@ class BreakableCapture:
             )
         if not callable(fn):
             raise ArgumentTypeError(f"add_eager needs a callable, got {type(fn).__name__} {fn!r}")
+        _state.refuse_in_conditional("an eager break")
         self._end_segment()
         label = getattr(fn, "__qualname__", repr(fn))
         tracker = _Tracker(self._cp.get_default_memory_pool().malloc)

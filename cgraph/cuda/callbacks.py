@@ -62,6 +62,7 @@ def host_callback(fn: Callable[..., Any], *args: Any, stream: Any = None) -> Non
     """
     if not callable(fn):
         raise ArgumentTypeError(f"host_callback needs a callable, got {type(fn).__name__} {fn!r}")
+    _state.refuse_in_conditional("a host callback")
     check_callbacks()
     cp = cupy()
     packed = (getattr(fn, "__qualname__", repr(fn)), fn, args)

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from cgraph.core.errors import NestedCaptureError
+from cgraph.core.errors import ArgumentError, NestedCaptureError
 
 
 @attrs.define(slots=True)
@@ -24,8 +24,11 @@ class ActiveCapture:
     owner: the BreakableCapture that eager breaks hand themselves to.
     recording: False while the function warms up (breaks and callbacks run inline),
     True once stream capture has begun.
-    keepalive: objects replays need alive (host callback closures and their arguments).
+    keepalive: objects replays need alive (host callback closures and their arguments,
+    the streams conditional bodies were captured on).
     in_break: an eager break is running (decorated calls inside it run inline).
+    conditional_depth: how many conditional-node bodies (cgraph.while_loop / cond) are
+    being captured around the current code (CUDA allows no host nodes inside them).
     """
 
     kind: str
@@ -34,6 +37,7 @@ class ActiveCapture:
     recording: bool = False
     keepalive: list = attrs.field(factory=list)
     in_break: bool = False
+    conditional_depth: int = 0
 
 
 _local = threading.local()
@@ -65,3 +69,12 @@ def leave(state: ActiveCapture) -> None:
     """End ``state`` if it is still this thread's active capture."""
     if active() is state:
         _local.capture = None
+
+
+def refuse_in_conditional(what: str) -> None:
+    """Raise ArgumentError when called while a conditional body is being captured."""
+    state = active()
+    if state is not None and state.conditional_depth > 0:
+        raise ArgumentError(f"{what} cannot run inside a while_loop or cond body captured into a graph: CUDA "
+                            "allows only kernels, copies, memsets and conditionals there; move it out of the "
+                            "body, or run the loop eagerly (outside a capture both run on the host)")

@@ -35,6 +35,7 @@ from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
 from cgraph.engine.loop import RING, GenerationResult, StepSlot, enqueue_step, generate, resolve_step
 from cgraph.engine.memory import MemoryPlan, kv_block_bytes, plan_kv_cache
 from cgraph.engine.metadata import MetadataLayout, build_metadata
+from cgraph.engine.multistep import DecodeLoop, loop_buffer_specs
 from cgraph.engine.scheduler import Request, ScheduledBatch
 from cgraph.engine.stats import StepRecord
 from cgraph.models.llama import ForwardInputs, LlamaModel, workspace_specs, workspace_views
@@ -59,7 +60,8 @@ class Engine:
 
     def __init__(self, model: LlamaModel, graph_config: GraphConfig, *,
                  num_kv_blocks: int | None = None, memory_budget: float | int | None = None,
-                 lazy: Any = None, overlap: bool = True, debug: bool | None = None) -> None:
+                 lazy: Any = None, overlap: bool = True, decode_steps_per_launch: int = 1,
+                 debug: bool | None = None) -> None:
         cp = require_device()
         from cgraph.cuda.breakable import BreakableRunner  # noqa: PLC0415 - GPU layer
         from cgraph.cuda.buffers import StaticBuffers  # noqa: PLC0415
@@ -81,12 +83,17 @@ class Engine:
         self.max_seqs = graph_config.max_num_seqs
         self.max_blocks = num_blocks_for(mcfg.max_seq_len, BLOCK_SIZE)
         self.layout = MetadataLayout(self.max_tokens, self.max_seqs, self.max_blocks)
+        self.decode_steps_per_launch = check_int(decode_steps_per_launch, "decode_steps_per_launch", 1,
+                                                 hint="1 runs one decode step per launch")
+        loop_specs = (loop_buffer_specs(self.decode_steps_per_launch, self.max_seqs)
+                      if self.decode_steps_per_launch > 1 else {})
         self.buffers = StaticBuffers({"meta": ((self.layout.size,), "int32"),
-                                      **workspace_specs(mcfg, self.max_tokens, self.max_seqs)},
+                                      **workspace_specs(mcfg, self.max_tokens, self.max_seqs), **loop_specs},
                                      debug=debug)
         self._views: dict[tuple[int, int], tuple[ForwardInputs, Any]] = {}
         # pinned staging for the steps in flight (step() uses the first)
-        self.slots = [StepSlot.allocate(self.layout, self.max_seqs) for _ in range(RING)]
+        self.slots = [StepSlot.allocate(self.layout, self.max_seqs, self.decode_steps_per_launch)
+                      for _ in range(RING)]
         self.fallbacks = FallbackLog("cgraph.Engine")
         self.pool = GraphPool()  # FULL graphs and PIECEWISE segments never run at once: one pool
         self.full = (GraphRunner(self.run_forward, GraphMode.FULL, pool=self.pool, debug=debug, name="llama",
@@ -94,6 +101,11 @@ class Engine:
         self.piecewise = (BreakableRunner(self.run_forward, GraphMode.PIECEWISE, pool=self.pool, debug=debug,
                                           name="llama", lazy=lazy)
                           if self.table.keys(GraphMode.PIECEWISE) else None)
+        if self.decode_steps_per_launch > 1 and lazy is not None:
+            raise ArgumentError("decode_steps_per_launch > 1 needs its graphs captured up front (Engine.capture); "
+                                "a lazy capture would warm the loop up on live state. Pass lazy=None")
+        self.decode_loop = (DecodeLoop(self, self.decode_steps_per_launch, debug=debug)
+                            if self.decode_steps_per_launch > 1 else None)
         # a probe cache of one sequence's blocks: the forward of a graph-memory estimate
         # needs a cache, and graph memory does not depend on its size
         self.kv_cache = model.make_kv_cache(self.max_blocks, BLOCK_SIZE)
@@ -140,13 +152,15 @@ class Engine:
         into a scratch pool (cgraph.estimate_graph_memory); nothing is kept."""
         from cgraph.cuda.tables import estimate_graph_memory  # noqa: PLC0415
 
-        return max((estimate_graph_memory(r, self.table, self.capture_args).pool_bytes
-                    for r in self.runners), default=0)
+        steps = (r for r in (self.full, self.piecewise) if r is not None)
+        return max((estimate_graph_memory(r, self.table, self.capture_args).pool_bytes for r in steps), default=0)
 
     # --- sizes and static views ---------------------------------------------------------
     @property
     def runners(self) -> tuple[Any, ...]:
-        return tuple(r for r in (self.full, self.piecewise) if r is not None)
+        """Every runner of the engine: FULL and PIECEWISE steps, and the decode loop's."""
+        loop = self.decode_loop.runner if self.decode_loop is not None else None
+        return tuple(r for r in (self.full, self.piecewise, loop) if r is not None)
 
     def num_seq_rows(self, num_tokens: int) -> int:
         """Sequence rows of a step computing num_tokens rows (a sequence has >= 1 token)."""
@@ -198,8 +212,11 @@ class Engine:
         self._inert_metadata()
         reports = []
         started = time.perf_counter()
-        for runner in self.runners:
-            reports.append(capture_all(runner, self.table, self.capture_args, progress=progress))
+        for runner in (self.full, self.piecewise):
+            if runner is not None:
+                reports.append(capture_all(runner, self.table, self.capture_args, progress=progress))
+        if self.decode_loop is not None:
+            self.decode_loop.capture()
         self._cp.cuda.get_current_stream().synchronize()
         self.capture_seconds = time.perf_counter() - started
         return reports
@@ -248,12 +265,20 @@ class Engine:
         sampled.data.copy_from_device_async(fresh.data, seq_rows * fresh.itemsize,
                                             self._cp.cuda.get_current_stream())
 
+    def launch_decode_loop(self, mode: GraphMode, desc: BatchDescriptor, seq_rows: int) -> None:
+        """Run the decode loop of a prepared uniform decode batch (see cgraph.engine.multistep),
+        then keep the last step's samples for the next token feed."""
+        self.decode_loop.launch(mode, desc, seq_rows)
+        sampled, fresh = self.buffers["sampled"], self.buffers["next_tokens"]
+        sampled.data.copy_from_device_async(fresh.data, seq_rows * fresh.itemsize,
+                                            self._cp.cuda.get_current_stream())
+
     def step(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[list[int], StepRecord]:
         """Run one scheduled batch and wait for it; return each sequence's greedy token and
         the step record (with its GPU time)."""
         t0 = time.perf_counter()
         inflight = enqueue_step(self, batch, self.slots[0], eager=eager)
-        tokens, gpu_seconds, _, _ = resolve_step(inflight, None)
+        (tokens,), gpu_seconds, _, _ = resolve_step(inflight, None)
         record = StepRecord(inflight.mode.value, batch.uniform_decode, batch.num_tokens, inflight.padded,
                             len(batch.seqs), time.perf_counter() - t0, gpu_seconds)
         return tokens, record

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import Any, Hashable
 
 import attrs
 import numpy as np
@@ -34,9 +34,6 @@ from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator
 from cgraph.engine.metadata import MetadataLayout, build_metadata
 from cgraph.engine.scheduler import Request, ScheduledBatch, Scheduler
 from cgraph.engine.stats import StepRecord, summarize
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cgraph.engine.engine import Engine
 
 #: steps in flight at most: the host resolves step N before it enqueues step N + RING
 RING = 4
@@ -53,54 +50,72 @@ class GenerationResult:
 
 @attrs.define(eq=False)
 class StepSlot:
-    """Pinned staging for one step in flight: its metadata, its tokens, its four events
-    (first operation, forward start, forward end, last operation)."""
+    """Pinned staging for one launch in flight: its metadata, its tokens (steps x rows), the
+    step count of a multi-step launch, and its four events (first operation, forward start,
+    forward end, last operation)."""
 
     staging: np.ndarray
     tokens: np.ndarray
+    limit: np.ndarray
     start: Any
     forward_start: Any
     forward_end: Any
     end: Any
 
     @classmethod
-    def allocate(cls, layout: MetadataLayout, max_seqs: int) -> "StepSlot":
+    def allocate(cls, layout: MetadataLayout, max_seqs: int, steps: int = 1) -> "StepSlot":
         cp = require_device()
         import cupyx  # noqa: PLC0415 - GPU layer
 
         return cls(cupyx.empty_pinned((layout.size,), dtype=np.int32),
-                   cupyx.empty_pinned((max_seqs,), dtype=np.int32), *(cp.cuda.Event() for _ in range(4)))
-
+                   cupyx.empty_pinned((steps * max_seqs,), dtype=np.int32),
+                   cupyx.empty_pinned((1,), dtype=np.int32), *(cp.cuda.Event() for _ in range(4)))
 
 
 @attrs.define(eq=False)
 class InFlight:
-    """A step enqueued and not yet resolved."""
+    """A launch enqueued and not yet resolved: one step, or several decode steps of the
+    same sequences (a multi-step launch)."""
 
-    batch: ScheduledBatch
+    batches: list[ScheduledBatch]
     slot: StepSlot
     mode: GraphMode
     descriptor: BatchDescriptor
     padded: int
-    key: tuple | None  # (request ids, padded rows) of a uniform decode step, else None
+    seq_rows: int
+    row_stride: int  # elements between the rows of consecutive steps in slot.tokens
+    key: tuple | None  # what the device metadata buffer holds after it (see enqueue_step)
+
+    @property
+    def batch(self) -> ScheduledBatch:
+        return self.batches[0]
 
 
-def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eager: bool = False,
-                 previous: tuple | None = None) -> InFlight:
-    """Queue one step on the current stream; returns without waiting for the GPU.
+def enqueue_step(engine: Any, batches: ScheduledBatch | list[ScheduledBatch], slot: StepSlot, *,
+                 eager: bool = False, previous: tuple | None = None) -> InFlight:
+    """Queue one launch on the current stream; returns without waiting for the GPU.
 
-    The slot must be free (its previous step resolved): its staging buffer is rewritten.
-    `previous` is the key of the step enqueued just before on this engine: when both are
-    uniform decode steps of the same requests in the same rows, the step's metadata is
-    advanced on the device (kernels.advance_decode) instead of built and copied in.
+    `batches` is one batch, or consecutive uniform decode batches of the same requests
+    (one multi-step launch; the engine must have a decode loop). The slot must be free
+    (its previous launch resolved): its staging buffers are rewritten.
+
+    `previous` is the key the launch enqueued just before left: ("step", ids, rows) after
+    a uniform decode step (the buffer holds that step's metadata: a decode step of the same
+    requests in the same rows advances it on the device, kernels.advance_decode, instead of
+    building and copying it), ("ready", ids, rows) after a multi-step launch (the buffer
+    already holds the next step's metadata), None otherwise.
     """
     import cgraph.kernels as K  # noqa: PLC0415 - GPU layer
 
+    batches = [batches] if isinstance(batches, ScheduledBatch) else list(batches)
+    batch, steps = batches[0], len(batches)
     stream = require_device().cuda.get_current_stream()
     mode, desc, seq_rows, qlen = engine.prepare(batch, eager=eager)
     padded = desc.num_tokens
-    key = (tuple(s.request_id for s in batch.seqs), padded) if batch.uniform_decode else None
-    if key is not None and key == previous:
+    ids = tuple(s.request_id for s in batch.seqs)
+    if batch.uniform_decode and previous == ("ready", ids, padded):
+        slot.start.record(stream)  # nothing to do: the last launch left this step's metadata
+    elif batch.uniform_decode and previous == ("step", ids, padded):
         inputs, _ = engine.views_for(padded, seq_rows)
         slot.start.record(stream)
         K.advance_decode(inputs.positions, inputs.seq_lens, inputs.slot_mapping, inputs.token_source,
@@ -110,18 +125,32 @@ def enqueue_step(engine: "Engine", batch: ScheduledBatch, slot: StepSlot, *, eag
         used = engine.layout.pack(meta, slot.staging)
         slot.start.record(stream)
         engine.buffers["meta"][:used].set(slot.staging[:used], stream=stream)
-    slot.forward_start.record(stream)
-    engine.launch(mode, desc, seq_rows, qlen)
-    slot.forward_end.record(stream)
     n = len(batch.seqs)
-    engine.buffers["next_tokens"][:n].get(stream=stream, out=slot.tokens[:n], blocking=False)
+    if engine.decode_loop is not None and batch.uniform_decode:
+        slot.limit[0] = steps
+        engine.buffers["loop_limit"].set(slot.limit, stream=stream)
+        slot.forward_start.record(stream)
+        engine.launch_decode_loop(mode, desc, seq_rows)
+        slot.forward_end.record(stream)
+        engine.buffers["history"][: steps * seq_rows].get(stream=stream, out=slot.tokens[: steps * seq_rows],
+                                                          blocking=False)
+        key: tuple | None = ("ready", ids, padded)
+        stride = seq_rows
+    else:
+        slot.forward_start.record(stream)
+        engine.launch(mode, desc, seq_rows, qlen)
+        slot.forward_end.record(stream)
+        engine.buffers["next_tokens"][:n].get(stream=stream, out=slot.tokens[:n], blocking=False)
+        key = ("step", ids, padded) if batch.uniform_decode else None
+        stride = n
     slot.end.record(stream)
-    return InFlight(batch, slot, mode, desc, padded, key)
+    return InFlight(batches, slot, mode, desc, padded, seq_rows, stride, key)
 
 
-def resolve_step(step: InFlight, origin: Any) -> tuple[list[int], float, float, float]:
-    """Wait for a step; return (its tokens, its forward's GPU seconds, its start and end in
-    ms after `origin`, an event recorded before the first step; NaN without one)."""
+def resolve_step(step: InFlight, origin: Any) -> tuple[list[list[int]], float, float, float]:
+    """Wait for a launch; return (the tokens of each of its steps, its forward's GPU seconds,
+    its start and end in ms after `origin`, an event recorded before the first launch; NaN
+    without one)."""
     step.slot.end.synchronize()
     cp = require_device()
     gpu = cp.cuda.get_elapsed_time(step.slot.forward_start, step.slot.forward_end) / 1e3
@@ -130,10 +159,30 @@ def resolve_step(step: InFlight, origin: Any) -> tuple[list[int], float, float, 
     else:
         start = cp.cuda.get_elapsed_time(origin, step.slot.start)
         end = cp.cuda.get_elapsed_time(origin, step.slot.end)
-    return step.slot.tokens[: len(step.batch.seqs)].tolist(), gpu, start, end
+    n, rows = len(step.batch.seqs), step.row_stride
+    tokens = [step.slot.tokens[i * rows: i * rows + n].tolist() for i in range(len(step.batches))]
+    return tokens, gpu, start, end
 
 
-def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> GenerationResult:
+def _decode_run(sched: Scheduler, batch: ScheduledBatch, steps: int) -> tuple[list[ScheduledBatch], ScheduledBatch | None]:
+    """`batch` and the following batches the scheduler forms with the same requests (up to
+    `steps` in all), each updated; plus the first batch that differs (scheduled, not yet
+    updated) or None. The single-step engine would run exactly these batches."""
+    run = [batch]
+    sched.update(batch)
+    ids = [s.request_id for s in batch.seqs]
+    while len(run) < steps:
+        nxt = sched.schedule()
+        if nxt is None:
+            return run, None
+        if not nxt.uniform_decode or [s.request_id for s in nxt.seqs] != ids:
+            return run, nxt
+        run.append(nxt)
+        sched.update(nxt)
+    return run, None
+
+
+def generate(engine: Any, requests: list[Request], *, overlap: bool) -> GenerationResult:
     """Serve every request to completion (see the module docstring for the two loops)."""
     cp = require_device()
     sched = Scheduler(max_num_seqs=engine.max_seqs,
@@ -150,28 +199,36 @@ def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> Gen
     def resolve_oldest() -> None:
         step, host = pending.pop(0)
         tokens, gpu, start, end = resolve_step(step, origin)
-        sched.record(step.batch, tokens)
+        for batch, toks in zip(step.batches, tokens):
+            sched.record(batch, toks)
         done.append((step, host, gpu, start, end))
 
     started = time.perf_counter()
     index = 0
     previous: tuple | None = None  # the device metadata buffer's state is unknown at the start
+    carried: ScheduledBatch | None = None  # scheduled by a multi-step run, not yet run
+    steps = engine.decode_steps_per_launch
     while True:
         t0 = time.perf_counter()
-        batch = sched.schedule()
+        batch = carried if carried is not None else sched.schedule()
+        carried = None
         if batch is None:
             break
         slot = slots[index % len(slots)]
         waited = 0.0
-        if len(pending) == len(slots):  # the slot's previous step must be resolved before reuse
+        if len(pending) == len(slots):  # the slot's previous launch must be resolved before reuse
             w0 = time.perf_counter()
             resolve_oldest()
             waited = time.perf_counter() - w0
+        if engine.decode_loop is not None and batch.uniform_decode:
+            run, carried = _decode_run(sched, batch, steps)
+        else:
+            run = [batch]
+            sched.update(batch)
         # the overlapped loop advances decode metadata on the device; the synchronous one
         # builds every step's metadata on the host, as a step-at-a-time loop does
-        step = enqueue_step(engine, batch, slot, previous=previous if overlap else None)
+        step = enqueue_step(engine, run, slot, previous=previous if overlap else None)
         previous = step.key
-        sched.update(batch)
         pending.append((step, time.perf_counter() - t0 - waited))
         if not overlap:
             resolve_oldest()
@@ -187,8 +244,9 @@ def generate(engine: "Engine", requests: list[Request], *, overlap: bool) -> Gen
         known = not math.isnan(prev_end)
         gap = max(0.0, (start - prev_end) / 1e3) if known else math.nan
         period = (end - prev_end) / 1e3 if known else math.nan
-        records.append(StepRecord(step.mode.value, step.batch.uniform_decode, step.batch.num_tokens,
-                                  step.padded, len(step.batch.seqs), host, gpu, gap, period))
+        b = step.batch
+        records.append(StepRecord(step.mode.value, b.uniform_decode, b.num_tokens, step.padded, len(b.seqs), host,
+                                  gpu, gap, period, len(step.batches)))
         prev_end = end
     outputs = {r.request_id: sched.finished[r.request_id] for r in requests}
     generated = sum(len(v) for v in outputs.values())

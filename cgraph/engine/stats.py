@@ -25,6 +25,8 @@ class StepRecord:
     operation (0 when the host kept the GPU fed).
     period_seconds: device time from the previous step's end to this step's end: what the
     step cost in the stream of steps. Each is NaN where it was not measured.
+    steps: decode steps the launch ran (more than 1 for a multi-step decode launch; the
+    other fields then describe its first step, the times the whole launch).
     """
 
     mode: str
@@ -36,6 +38,7 @@ class StepRecord:
     gpu_seconds: float = math.nan
     gap_seconds: float = math.nan
     period_seconds: float = math.nan
+    steps: int = 1
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -20,10 +20,11 @@ from cgraph.kernels.host import make_cos_sin_cache, unfold_patches
 from cgraph.kernels.kv_cache import reshape_and_cache
 from cgraph.kernels.matmul import gemm, patch_embed
 from cgraph.kernels.rotary import rotary_embedding
-from cgraph.kernels.tokens import advance_decode, feed_tokens
+from cgraph.kernels.control import cond, set_condition, while_loop
+from cgraph.kernels.tokens import advance_decode, feed_tokens, record_step_tokens
 
 __all__ = [
-    "advance_decode", "argmax", "embedding", "feed_tokens", "gemm", "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile",
+    "advance_decode", "cond", "record_step_tokens", "set_condition", "while_loop", "argmax", "embedding", "feed_tokens", "gemm", "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile",
     "reshape_and_cache", "rms_norm", "rotary_embedding", "silu_and_mul", "unfold_patches",
     "varlen_attention",
 ]

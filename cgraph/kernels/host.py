@@ -8,7 +8,7 @@ import numpy as np
 
 from cgraph.core.errors import ArgumentError
 from cgraph.cuda.device import cupy
-from cgraph.kernels import reference
+import cgraph.kernels.reference as reference
 from cgraph.kernels.spec import require_int
 
 

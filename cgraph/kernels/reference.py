@@ -158,6 +158,14 @@ def advance_decode(positions: np.ndarray, seq_lens: np.ndarray, slot_mapping: np
     return pos, lens, slots, source
 
 
+def record_step_tokens(history: np.ndarray, sampled: np.ndarray, step: int) -> np.ndarray:
+    """history with row `step` set to sampled (unchanged for a step outside the rows)."""
+    out = np.array(history, copy=True)
+    if 0 <= step < out.shape[0]:
+        out[step] = sampled
+    return out
+
+
 def argmax(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=-1).astype(np.int32)
 

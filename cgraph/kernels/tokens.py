@@ -58,3 +58,18 @@ def advance_decode(positions: Any, seq_lens: Any, slot_mapping: Any, token_sourc
     launch("tokens", "advance_decode", (-(-s // _THREADS),), _THREADS,
            (positions, seq_lens, slot_mapping, token_source, block_tables, num_seqs, I32(s), I32(b.dims["B"]),
             I32(block_size)), stream)
+
+
+_RECORD = Spec("record_step_tokens", Arr("history", ("K", "S"), INT32), Arr("sampled", ("S",), INT32),
+               Arr("step", (1,), INT32))
+
+
+def record_step_tokens(history: Any, sampled: Any, step: Any, *, stream: Any = None) -> None:
+    """history[step[0], :] = sampled, with step[0] read on the device (nothing is written
+    for a step outside [0, K)). history int32 [K, S], sampled int32 [S], step int32 [1]."""
+    b = _RECORD.bind(history=history, sampled=sampled, step=step).on_device()
+    s = b.dims["S"]
+    if s == 0:
+        return
+    launch("tokens", "record_step_tokens", (-(-s // _THREADS),), _THREADS,
+           (history, sampled, step, I32(s), I32(b.dims["K"])), stream)

@@ -143,7 +143,7 @@ class LlamaModel:
                 "w_gate_up": dev(gate_up),
                 "w_down": dev(host[p + "mlp.down_proj.weight"]),
             })
-        from cgraph.kernels import reference
+        import cgraph.kernels.reference as reference
 
         # the fp32 [cos | sin] table, computed on the host once and uploaded
         self.cos_sin = dev(reference.cos_sin_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_base))

@@ -180,3 +180,32 @@ ax2.set_ylabel("ns per call (log)")
 ax2.set_title(f"dispatch, {results['dispatch']['device']}", fontsize=10)
 ax2.legend(fontsize=8)
 fig.tight_layout()
+
+# %% [markdown]
+# ## 6 · Multi-step decode
+#
+# `cgraph.bench.multistep`: the demo model decoding under FULL graphs, one step per launch
+# (synchronous and overlapped host loops) against up to K steps per launch in a
+# device-side `while_loop` (K = 1, 4, 16, 64); tokens/s relative to the synchronous loop.
+
+# %% tags=["pure"]
+ms = rows("multistep")
+for r in ms:
+    print(f"batch {r['batch']} | {r['engine']:>32}: {r['tokens_per_s']:9.0f} tokens/s, {r['vs_sync']:.2f}x sync")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.4))
+for batch in sorted({r["batch"] for r in ms}):
+    pts = [(r["K"], r["tokens_per_s"]) for r in ms if r["batch"] == batch and r["engine"].startswith("multi")]
+    sync = next(r["tokens_per_s"] for r in ms if r["batch"] == batch and "synchronous" in r["engine"])
+    over = next(r["tokens_per_s"] for r in ms if r["batch"] == batch and "overlapped" in r["engine"])
+    line, = ax.plot([k for k, _ in pts], [t for _, t in pts], "o-", label=f"batch {batch}, K steps per launch")
+    ax.axhline(sync, color=line.get_color(), ls=":", lw=1, label=f"batch {batch}, single-step synchronous")
+    ax.axhline(over, color=line.get_color(), ls="--", lw=1, label=f"batch {batch}, single-step overlapped")
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("decode steps per launch (K)")
+ax.set_ylabel("tokens/s (log)")
+ax.set_title(f"multi-step decode, {results['multistep']['device']}", fontsize=10)
+ax.legend(fontsize=7)
+fig.tight_layout()
