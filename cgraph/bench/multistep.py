@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                          "launch_gpu_us": launch_us, "k_replays_gpu_us": replay_us[k],
                          "launch/k_replays": launch_us / replay_us[k]})
             print(rows[-1], flush=True)
+    columns = ["batch", "engine", "K", "tokens_per_s", "vs_sync", "launch_gpu_us", "k_replays_gpu_us",
+               "launch/k_replays"]
     write_results("multistep", rows, title="Multi-step decode: K steps per launch vs the single-step engine",
-                  out_dir=args.out,
+                  out_dir=args.out, columns=columns,
                   notes=[f"demo model, {args.new_tokens} new tokens per request, prompts of {args.prompt} tokens, "
                          "FULL graphs",
                          "launch_gpu_us: median GPU time of a K-step launch (events around it); k_replays_gpu_us: "
