@@ -206,7 +206,7 @@ class BreakableCapture:
                 raise GraphClosedError(f"BreakableCapture {self.name!r} was closed; record a new one")
             raise StateError(f"BreakableCapture {self.name!r} has nothing to replay: record it "
                              "with `with cap:` first")
-        if callbacks.pending():
+        if callbacks.failures:
             callbacks.check_callbacks()
         for step in self._steps:
             step()

@@ -20,23 +20,20 @@ from cgraph.cuda.device import cupy
 from cgraph.core.errors import ArgumentTypeError, HostCallbackError
 
 _lock = threading.Lock()
-_pending: list[tuple[str, BaseException]] = []
-
-
-def pending() -> bool:
-    """True when a callback has failed and the failure has not been raised yet (cheap)."""
-    return bool(_pending)
+#: failures not raised yet, (callback name, exception), oldest first. Replays test this list
+#: directly (truthiness, no call) because it sits on their hot path.
+failures: list[tuple[str, BaseException]] = []
 
 
 def check_callbacks() -> None:
     """Raise HostCallbackError for the oldest unreported callback failure, clearing the rest."""
-    if not _pending:
+    if not failures:
         return
     with _lock:
-        failures = list(_pending)
-        _pending.clear()
-    name, first = failures[0]
-    extra = f" (and {len(failures) - 1} more failures)" if len(failures) > 1 else ""
+        seen = list(failures)
+        failures.clear()
+    name, first = seen[0]
+    extra = f" (and {len(seen) - 1} more failures)" if len(seen) > 1 else ""
     raise HostCallbackError(
         f"host callback {name!r} raised {type(first).__name__}: {first}{extra}; "
         "callbacks run on the driver's thread, so the error surfaces here"
@@ -49,7 +46,7 @@ def _trampoline(packed: tuple[str, Callable[..., Any], tuple]) -> None:
         fn(*args)
     except BaseException as exc:  # noqa: BLE001 - must never escape into the driver
         with _lock:
-            _pending.append((name, exc))
+            failures.append((name, exc))
         print(f"cgraph: host callback {name!r} raised:", file=sys.stderr)
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 

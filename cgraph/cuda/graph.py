@@ -137,7 +137,7 @@ class CapturedGraph:
         graph = self._graph
         if graph is None:
             raise GraphClosedError(f"graph {self.name!r} was closed; capture it again to replay")
-        if callbacks.pending():
+        if callbacks.failures:
             callbacks.check_callbacks()
         graph.launch(stream)
         return self.outputs
