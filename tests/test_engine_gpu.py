@@ -216,3 +216,72 @@ def test_multi_step_decode_generates_the_eager_tokens(tiny_model, eager_run, mod
     multi = [s for s in result.steps if s.steps > 1]
     assert multi and max(s.steps for s in result.steps) <= steps
     assert sum(s.steps for s in result.steps) == len(eager.steps)  # the same steps, fewer launches
+
+
+def _truncated(out: tuple[int, ...], stops: tuple[int, ...]) -> tuple[int, ...]:
+    for i, tok in enumerate(out):
+        if tok in stops:
+            return out[: i + 1]
+    return out
+
+
+@pytest.fixture(scope="module")
+def stop_run(eager_run):
+    """The eager workload with stop ids: most requests stop at a token they sample mid-run."""
+    reqs, eager = eager_run
+    rng = np.random.default_rng()
+    stopped, want = [], {}
+    for r in reqs:
+        out = eager.outputs[r.request_id]
+        stops = ((int(out[rng.integers(0, len(out))]), int(rng.integers(0, TINY.vocab_size)))
+                 if rng.random() < 0.75 else ())
+        stopped.append(Request(r.request_id, r.prompt, r.max_new_tokens, stop_token_ids=stops))
+        want[r.request_id] = _truncated(out, stops)
+    assert sum(len(v) for v in want.values()) < sum(len(v) for v in eager.outputs.values())
+    return stopped, want
+
+
+@pytest.mark.parametrize("mode, steps, overlap", [("none", 1, True), ("full", 1, True), ("full", 1, False),
+                                                  ("full_and_piecewise", 1, True), ("piecewise", 1, False),
+                                                  ("full", 16, True), ("full", 4, False), ("none", 4, True)])
+def test_stop_tokens_end_requests_with_the_eager_tokens_in_every_mode(tiny_model, stop_run, mode, steps, overlap):
+    """Each request's tokens are the eager run's up to and including its first stop token;
+    requests that stop free their slot for waiting ones (24 requests, 8 slots)."""
+    from cgraph.engine import Engine
+
+    model, _ = tiny_model
+    reqs, want = stop_run
+    cfg = GraphConfig(mode, capture_sizes=None if mode == "none" else [1, 2, 4, 8, 16, 32, 64, 128, 256],
+                      max_num_seqs=8, max_num_batched_tokens=256)
+    with Engine(model, cfg, overlap=overlap, decode_steps_per_launch=steps) as eng:
+        if mode != "none":
+            eng.capture(progress=False)
+        result = eng.generate(reqs)
+    assert result.outputs == want
+
+
+def test_multi_step_loop_ends_on_the_device_when_every_row_stopped(tiny_model):
+    """One request, K = 16: the loop stops at the iteration that sampled the stop token."""
+    from cgraph.engine import Engine
+
+    model, _ = tiny_model
+    rng = np.random.default_rng()
+    cfg = GraphConfig("full", capture_sizes=[1, 2, 4, 8, 16], max_num_seqs=4, max_num_batched_tokens=16)
+    with Engine(model, cfg, decode_steps_per_launch=16) as eng:
+        eng.capture(progress=False)
+        for _ in range(8):  # a prompt whose run samples a new token within the first launch
+            prompt = rng.integers(0, TINY.vocab_size, size=12)
+            out = eng.generate([Request(0, prompt, max_new_tokens=40)]).outputs[0]
+            j = next((i for i in range(1, 17) if out[i] not in out[:i]), None)
+            if j is not None:
+                break
+        else:
+            pytest.skip(f"the random model repeats one token for every prompt tried: {out[:17]}")
+        got = eng.generate([Request(1, prompt, max_new_tokens=40, stop_token_ids=(out[j],))], overlap=False)
+        assert got.outputs[1] == out[: j + 1]
+        # the decode launch ran iterations 0 .. j - 1 (token 0 came from the prefill)
+        assert int(eng.buffers["loop_count"].get()[0]) == j
+        assert [s.steps for s in got.steps] == [1, 16]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        with Engine(model, GraphConfig("none", max_num_seqs=4, max_num_batched_tokens=16)) as eng:
+            eng.generate([Request(2, prompt, 4, stop_token_ids=(TINY.vocab_size,))])

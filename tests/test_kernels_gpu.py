@@ -144,6 +144,44 @@ def test_advance_decode_moves_live_rows_on_and_never_reads_past_the_table(cp, ro
         np.testing.assert_array_equal(got.get(), exp, err_msg=f"{name} seed={SEED}")
 
 
+@pytest.mark.parametrize("rows, live, steps, count", [(1, 1, 4, 0), (8, 5, 16, 15), (300, 300, 3, 7), (600, 2, 8, 2)])
+def test_decode_loop_step_does_one_iterations_bookkeeping_in_one_launch(cp, rows, live, steps, count):
+    """record + keep the sampled tokens, advance live rows, mark stopped rows, count and
+    predicate (600 rows: more rows than the CTA's threads); count 7 of 3 steps records nothing."""
+    from cgraph.engine.multistep import MAX_STOP_IDS
+
+    bs, max_blocks = 16, 8
+    tok_h = RNG.integers(0, 50000, size=rows).astype(np.int32)
+    stop_h = RNG.integers(-1, 50000, size=(rows, MAX_STOP_IDS)).astype(np.int32)
+    hit = RNG.random(rows) < 0.5
+    stop_h[hit, RNG.integers(0, MAX_STOP_IDS, size=int(hit.sum()))] = tok_h[hit]
+    done_h = (RNG.random(rows) < 0.2).astype(np.int32)
+    pos_h = RNG.integers(0, bs * max_blocks, size=rows).astype(np.int32)
+    meta_h = [pos_h, pos_h + 1, RNG.integers(-1, 999, size=rows).astype(np.int32),
+              RNG.integers(-1, rows, size=rows).astype(np.int32)]
+    tables_h = RNG.integers(0, 10000, size=(rows, max_blocks)).astype(np.int32)
+    hist_h = RNG.integers(-99, -1, size=(steps, rows)).astype(np.int32)  # poison
+    for limit in (count + 1, count + 5):
+        hist, sampled = cp.asarray(hist_h), cp.full((rows,), -7, cp.int32)
+        meta = [cp.asarray(a) for a in meta_h]
+        done, cnt = cp.asarray(done_h), cp.asarray(np.array([count], np.int32))
+        pred = cp.full((1,), -3, cp.int32)
+        K.decode_loop_step(hist, cp.asarray(tok_h), sampled, *meta, cp.asarray(tables_h),
+                           cp.asarray(np.array([live], np.int32)), cp.asarray(stop_h), done, cnt,
+                           cp.asarray(np.array([limit], np.int32)), pred, block_size=bs)
+        want = ref.decode_loop_step(hist_h, tok_h, *meta_h, tables_h, live, stop_h, done_h, count, limit, bs)
+        got = {"history": hist, "sampled": sampled, "positions": meta[0], "seq_lens": meta[1],
+               "slot_mapping": meta[2], "token_source": meta[3], "done": done}
+        for name, arr in got.items():
+            np.testing.assert_array_equal(arr.get(), want[name], err_msg=f"{name} limit={limit} seed={SEED}")
+        assert int(cnt.get()[0]) == count + 1 and int(pred.get()[0]) == want["pred"], f"seed={SEED}"
+    done = cp.asarray(np.ones(rows, np.int32))
+    cnt, pred = cp.asarray(np.array([5], np.int32)), cp.full((1,), -3, cp.int32)
+    for limit, go in ((0, 0), (3, 1)):
+        K.start_decode_loop(cnt, done, cp.asarray(np.array([limit], np.int32)), pred)
+        assert int(cnt.get()[0]) == 0 and int(pred.get()[0]) == go and not done.get().any()
+
+
 @pytest.mark.parametrize("dt", DTYPES)
 def test_kernels_capture_into_a_cuda_graph_and_replay_with_new_inputs(cp, dt):
     """embedding -> rms_norm(+residual) -> gemm -> silu_and_mul -> gemm -> argmax, and a paged

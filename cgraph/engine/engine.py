@@ -284,7 +284,9 @@ class Engine:
         return tokens, record
 
     def generate(self, requests: Iterable[Request], *, overlap: bool | None = None) -> GenerationResult:
-        """Serve every request to completion; greedy tokens per request id.
+        """Serve every request to completion; greedy tokens per request id (max_new_tokens
+        of them, or fewer, ending with a stop token, when one of the request's
+        stop_token_ids is sampled).
 
         overlap (default: the engine's): True overlaps host and GPU; False waits for every
         step's tokens before scheduling the next (for debugging and comparison).
@@ -298,6 +300,10 @@ class Engine:
             if max(r.prompt) >= mcfg.vocab_size:
                 raise ArgumentError(f"request {r.request_id!r}: token id {max(r.prompt)} is outside the "
                                     f"vocabulary of {mcfg.vocab_size}")
+            if r.stop_token_ids and max(r.stop_token_ids) >= mcfg.vocab_size:
+                raise ArgumentError(f"request {r.request_id!r}: stop token id {max(r.stop_token_ids)} is outside "
+                                    f"the vocabulary of {mcfg.vocab_size}, so it could never be sampled; pass "
+                                    "ids below vocab_size")
         result = generate(self, requests, overlap=self.overlap if overlap is None else bool(overlap))
         if self.fallbacks.counts:
             self.fallbacks.report()

@@ -32,6 +32,7 @@ from cgraph.core.modes import GraphMode
 from cgraph.cuda.device import require_device
 from cgraph.engine.blocks import BLOCK_SIZE, BlockAllocator
 from cgraph.engine.metadata import MetadataLayout, build_metadata
+from cgraph.engine.multistep import loop_params_size, pack_loop_params
 from cgraph.engine.scheduler import Request, ScheduledBatch, Scheduler
 from cgraph.engine.stats import StepRecord, summarize
 
@@ -51,12 +52,12 @@ class GenerationResult:
 @attrs.define(eq=False)
 class StepSlot:
     """Pinned staging for one launch in flight: its metadata, its tokens (steps x rows), the
-    step count of a multi-step launch, and its four events (first operation, forward start,
-    forward end, last operation)."""
+    parameters of a multi-step launch (its step limit and stop ids), and its four events
+    (first operation, forward start, forward end, last operation)."""
 
     staging: np.ndarray
     tokens: np.ndarray
-    limit: np.ndarray
+    loop_params: np.ndarray
     start: Any
     forward_start: Any
     forward_end: Any
@@ -69,7 +70,8 @@ class StepSlot:
 
         return cls(cupyx.empty_pinned((layout.size,), dtype=np.int32),
                    cupyx.empty_pinned((steps * max_seqs,), dtype=np.int32),
-                   cupyx.empty_pinned((1,), dtype=np.int32), *(cp.cuda.Event() for _ in range(4)))
+                   cupyx.empty_pinned((loop_params_size(max_seqs),), dtype=np.int32),
+                   *(cp.cuda.Event() for _ in range(4)))
 
 
 @attrs.define(eq=False)
@@ -127,8 +129,8 @@ def enqueue_step(engine: Any, batches: ScheduledBatch | list[ScheduledBatch], sl
         engine.buffers["meta"][:used].set(slot.staging[:used], stream=stream)
     n = len(batch.seqs)
     if engine.decode_loop is not None and batch.uniform_decode:
-        slot.limit[0] = steps
-        engine.buffers["loop_limit"].set(slot.limit, stream=stream)
+        used = pack_loop_params(slot.loop_params, steps, [s.stop_token_ids for s in batch.seqs], seq_rows)
+        engine.buffers["loop_params"][:used].set(slot.loop_params[:used], stream=stream)
         slot.forward_start.record(stream)
         engine.launch_decode_loop(mode, desc, seq_rows)
         slot.forward_end.record(stream)

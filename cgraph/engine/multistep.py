@@ -2,23 +2,27 @@
 
 For a uniform decode batch the engine may run up to K steps of the same sequences in one
 launch (Engine(decode_steps_per_launch=K)). The loop body is one decode step: the
-forward (its decodes fed the token their row sampled last iteration), the sampled
-tokens recorded into row `count` of a history buffer and kept for the next feed, the
-metadata advanced on the device (cgraph.kernels.advance_decode), the count increased.
-The loop runs while count < limit, a device scalar the host writes per launch, and never
-more than K times (a bound enforced on the device). The host then reads all the
-launch's tokens at once.
+forward (its decodes fed the token their row sampled last iteration), then one
+bookkeeping kernel (cgraph.kernels.decode_loop_step): the sampled tokens recorded into
+row `count` of a history buffer and kept for the next feed, the metadata advanced, each
+row marked done once it sampled one of its stop ids, the count increased. The loop runs
+while count < limit and some row is not done, and never more than K times (a bound
+enforced on the device); the host writes the limit and the rows' stop ids per launch, in
+one copy, and then reads all the launch's tokens at once.
 
 The host picks the limit from the scheduler itself: it schedules steps until one differs
-from the first (a request would finish, or join), so a launch runs exactly the steps the
-single-step engine would run, on the same batch, and gives the same tokens. Captured per
-graph key for FULL decode batches; under NONE the same function runs eagerly, its loop
-on the host.
+from the first (a request would finish by length, or join), so a launch runs the steps
+the single-step engine would run, on the same batch, and gives the same tokens. A row
+that stops early keeps computing (its tokens are discarded by the scheduler, which ends
+the request when it records the stop token); when every row has stopped the loop ends
+early. The device checks the first MAX_STOP_IDS stop ids of a request; the scheduler
+checks them all. Captured per graph key for FULL decode batches; under NONE the same
+function runs eagerly, its loop on the host.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from cgraph.core.checks import check_int
 from cgraph.core.descriptors import BatchDescriptor
@@ -27,10 +31,33 @@ from cgraph.core.modes import GraphMode
 from cgraph.engine.blocks import BLOCK_SIZE
 
 
+#: stop ids per request the device checks (a request with more ends on the host alone)
+MAX_STOP_IDS = 8
+
+
 def loop_buffer_specs(steps: int, max_seqs: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Static buffers of the decode loop: token history, iteration count, limit, predicate."""
+    """Static buffers of the decode loop: token history, iteration count, predicate, rows
+    done, and the per-launch parameters (the limit, then each row's stop ids)."""
     return {"history": ((steps * max_seqs,), "int32"), "loop_count": ((1,), "int32"),
-            "loop_limit": ((1,), "int32"), "loop_pred": ((1,), "int32")}
+            "loop_pred": ((1,), "int32"), "loop_done": ((max_seqs,), "int32"),
+            "loop_params": ((loop_params_size(max_seqs),), "int32")}
+
+
+def loop_params_size(rows: int) -> int:
+    """Elements of the per-launch parameters of `rows` rows: the limit and the stop ids."""
+    return 1 + rows * MAX_STOP_IDS
+
+
+def pack_loop_params(out: Any, limit: int, stop_token_ids: Sequence[Sequence[int]], rows: int) -> int:
+    """Write a launch's parameters into `out` (int32, host): out[0] = limit, then rows x
+    MAX_STOP_IDS stop ids (-1 pads; rows past the batch get none). Returns the count written."""
+    used = loop_params_size(rows)
+    out[:used] = -1
+    out[0] = limit
+    for i, ids in enumerate(stop_token_ids):
+        ids = tuple(ids)[:MAX_STOP_IDS]
+        out[1 + i * MAX_STOP_IDS: 1 + i * MAX_STOP_IDS + len(ids)] = ids
+    return used
 
 
 class DecodeLoop:
@@ -51,28 +78,23 @@ class DecodeLoop:
         """Up to `steps` decode steps on the static views of one size (the captured function)."""
         import cgraph.kernels as K  # noqa: PLC0415 - GPU layer
         from cgraph.kernels.control import while_loop  # noqa: PLC0415
-        from cgraph.cuda.device import require_device  # noqa: PLC0415
-
-        cp = require_device()
         engine, bufs = self.engine, self.engine.buffers
         inputs, ws = engine.views_for(num_tokens, num_seqs)
-        count, limit, pred = bufs["loop_count"], bufs["loop_limit"], bufs["loop_pred"]
+        count, pred, done = bufs["loop_count"], bufs["loop_pred"], bufs["loop_done"][:num_seqs]
+        params = bufs["loop_params"]
+        limit = params[:1]
+        stop_ids = params[1: loop_params_size(num_seqs)].reshape(num_seqs, MAX_STOP_IDS)
         history = self.history(num_seqs)
-
-        def more(_: Any) -> Any:
-            cp.less(count, limit, out=pred)
-            return pred
 
         def step(_: Any) -> None:
             engine.model.forward(inputs, ws, engine.kv_cache, max_query_len=1)
-            K.record_step_tokens(history, ws.next_tokens, count)
-            ws.sampled[:num_seqs] = ws.next_tokens  # the next iteration's decodes read these
-            K.advance_decode(inputs.positions, inputs.seq_lens, inputs.slot_mapping, inputs.token_source,
-                             inputs.block_tables, inputs.num_seqs, block_size=BLOCK_SIZE)
-            cp.add(count, 1, out=count)
+            # the next iteration's decodes read `sampled` (LlamaModel.forward's token feed)
+            K.decode_loop_step(history, ws.next_tokens, ws.sampled[:num_seqs], inputs.positions, inputs.seq_lens,
+                               inputs.slot_mapping, inputs.token_source, inputs.block_tables, inputs.num_seqs,
+                               stop_ids, done, count, limit, pred, block_size=BLOCK_SIZE)
 
-        count.fill(0)
-        while_loop(more, step, None, max_iterations=self.steps)
+        K.start_decode_loop(count, done, limit, pred)
+        while_loop(lambda _: pred, step, None, max_iterations=self.steps)
         return history
 
     def capture(self) -> int:
@@ -83,7 +105,7 @@ class DecodeLoop:
         engine = self.engine
         # the capture's warm-up and first replay run the loop: with a limit of 0 they run no
         # step, so they leave the metadata and the KV cache as they are
-        engine.buffers["loop_limit"].fill(0)
+        engine.buffers["loop_params"].fill(0)
         keys = [d for d in capture_descriptors(engine.table)[GraphMode.FULL]
                 if d.num_tokens <= engine.max_seqs and (d.uniform or d.num_reqs is None)]
         with capture_phase():

@@ -11,9 +11,14 @@ A batch whose every sequence has a one-token query is a uniform decode batch (th
 graph path); any batch with a longer prefill is mixed. KV blocks are reserved at
 admission, so a running request never waits for memory and nothing is preempted.
 
-Tokens may come back late. Scheduling depends only on counts (a request stops after
-max_new_tokens), so `update(batch)` advances the counts without the sampled values and
-`record(batch, tokens)` stores them later, in step order. Every decode sequence names
+Tokens may come back late. Scheduling depends only on counts (a request runs for
+max_new_tokens) and on the stop tokens recorded so far, so `update(batch)` advances the
+counts without the sampled values and `record(batch, tokens)` stores them later, in step
+order. A request stops when a token of its `stop_token_ids` is recorded (the stop token
+is its last output token): it leaves the running set then, its blocks are freed, and any
+token it sampled in a step scheduled before the stop was known is discarded. Its own
+tokens do not depend on those extra steps (each row's computation depends only on its
+own sequence), and the blocks it frees are rewritten only by steps enqueued later. Every decode sequence names
 `source_row`, the row of its request in the previous step, whose sampled token is its
 input: the engine feeds it on the device, so the host never waits for a token to go on.
 A decode sequence's `token_ids` holds that token when it is already recorded, else -1.
@@ -36,11 +41,14 @@ def _token_tuple(value: Sequence[int]) -> tuple[int, ...]:
 
 @attrs.frozen
 class Request:
-    """A generation request: prompt token ids and how many tokens to generate."""
+    """A generation request: prompt token ids, how many tokens to generate at most, and
+    the token ids that end it early (an end-of-sequence id; the stop token is kept as the
+    request's last output token)."""
 
     request_id: Hashable
     prompt: tuple[int, ...] = attrs.field(converter=_token_tuple)
     max_new_tokens: int = 16
+    stop_token_ids: tuple[int, ...] = attrs.field(default=(), converter=_token_tuple)
 
     def __attrs_post_init__(self) -> None:
         if not self.prompt:
@@ -51,6 +59,9 @@ class Request:
                              "expected an int >= 1")
         if min(self.prompt) < 0:
             raise ArgumentError(f"request {self.request_id!r}: prompt has negative token ids")
+        if self.stop_token_ids and min(self.stop_token_ids) < 0:
+            raise ArgumentError(f"request {self.request_id!r}: stop_token_ids={self.stop_token_ids} has negative "
+                                "ids; pass vocabulary ids (e.g. the tokenizer's eos_token_id)")
 
     @property
     def kv_tokens(self) -> int:
@@ -71,6 +82,7 @@ class ScheduledSeq:
     start: int
     block_ids: tuple[int, ...]
     source_row: int = -1
+    stop_token_ids: tuple[int, ...] = ()
 
     @property
     def query_len(self) -> int:
@@ -110,6 +122,7 @@ class _Running:
     generated: int = 0  # tokens sampled so far (their values may not be recorded yet)
     row: int = -1  # row in the last scheduled batch
     output: list[int] = attrs.Factory(list)
+    stopped: bool = False  # a stop token was recorded: the output is final
 
     def last_token(self) -> int:
         return self.output[-1] if self.output and len(self.output) == self.generated else -1
@@ -153,9 +166,10 @@ class Scheduler:
 
     @property
     def finished(self) -> dict[Hashable, tuple[int, ...]]:
-        """Generated tokens of every finished request whose tokens are all recorded."""
+        """Generated tokens of every finished request whose tokens are all recorded (up to
+        and including its stop token, if one was sampled)."""
         return {rid: tuple(r.output) for rid, r in self._done.items()
-                if len(r.output) == r.request.max_new_tokens}
+                if r.stopped or len(r.output) == r.request.max_new_tokens}
 
     @property
     def has_work(self) -> bool:
@@ -174,8 +188,8 @@ class Scheduler:
         if self._pending is not None:
             raise StateError("schedule() called twice without update(); feed back the sampled "
                                "tokens of the previous batch first")
-        seqs = [ScheduledSeq(r.request.request_id, (r.last_token(),), r.num_computed, r.block_ids, r.row)
-                for r in self._running]
+        seqs = [ScheduledSeq(r.request.request_id, (r.last_token(),), r.num_computed, r.block_ids, r.row,
+                             r.request.stop_token_ids) for r in self._running]
         budget = self.max_num_batched_tokens - len(seqs)
         num_decodes = len(seqs)
         while self._waiting and len(self._running) < self.max_num_seqs:
@@ -186,7 +200,8 @@ class Scheduler:
             run = _Running(req, self.allocator.allocate(req.kv_tokens))
             self._running.append(run)
             self._recording[req.request_id] = run
-            seqs.append(ScheduledSeq(req.request_id, req.prompt, 0, run.block_ids))
+            seqs.append(ScheduledSeq(req.request_id, req.prompt, 0, run.block_ids,
+                                     stop_token_ids=req.stop_token_ids))
             budget -= len(req.prompt)
         if not seqs:
             return None
@@ -209,6 +224,8 @@ class Scheduler:
         done: list[Hashable] = []
         for seq in batch.seqs:
             run = self._recording[seq.request_id]
+            if run.stopped:  # its stop token was recorded after this batch was scheduled
+                continue
             run.num_computed += seq.query_len
             run.generated += 1
             if run.generated >= run.request.max_new_tokens:
@@ -224,13 +241,25 @@ class Scheduler:
 
     def record(self, batch: ScheduledBatch, sampled: Sequence[int]) -> None:
         """Store the token each sequence of an updated batch sampled. Batches must be
-        recorded in the order they were scheduled."""
+        recorded in the order they were scheduled. A stop token ends its request (see the
+        module docstring); tokens recorded for a stopped request are discarded."""
         if len(sampled) < len(batch.seqs):
             raise ArgumentError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences; "
                                 "pass one token per scheduled sequence")
+        stopped = []
         for seq, tok in zip(batch.seqs, sampled):
             run = self._recording[seq.request_id]
+            if run.stopped:
+                continue
             if len(run.output) >= run.generated:
                 raise StateError(f"request {seq.request_id!r}: more tokens recorded than sampled; "
                                  "record each batch once, after update()")
             run.output.append(int(tok))
+            if int(tok) in run.request.stop_token_ids:
+                run.stopped = True
+                if run.request.request_id not in self._done:  # still running: it ends now
+                    self.allocator.free(run.block_ids)
+                    self._done[run.request.request_id] = run
+                    stopped.append(run)
+        if stopped:
+            self._running = [r for r in self._running if not r.stopped]

@@ -54,6 +54,9 @@ def plan_batches(requests: Sequence[Request], *, max_num_seqs: int, max_num_batc
                  num_kv_blocks: int | None = None, max_seq_len: int = 1024) -> list[tuple[int, bool]]:
     """(num_tokens, uniform_decode) of every step the engine's scheduler would run.
 
+    Stop tokens depend on the sampled values, so the plan is the longest one: every
+    request runs for its max_new_tokens.
+
     num_kv_blocks defaults to the engine's: max_num_seqs sequences of max_seq_len tokens.
     """
     max_num_seqs = check_int(max_num_seqs, "max_num_seqs", 1)
@@ -68,5 +71,5 @@ def plan_batches(requests: Sequence[Request], *, max_num_seqs: int, max_num_batc
     plan = []
     while (batch := sched.schedule()) is not None:
         plan.append((batch.num_tokens, batch.uniform_decode))
-        sched.update(batch, [0] * len(batch.seqs))
+        sched.update(batch)  # no values recorded: no stop token ends a request early
     return plan

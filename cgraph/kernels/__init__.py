@@ -3,7 +3,7 @@
 Launchers (all capturable into CUDA graphs; each module states its kernels' contracts):
 embedding, rms_norm, silu_and_mul, argmax (cgraph.kernels.elementwise), rotary_embedding
 (.rotary), reshape_and_cache (.kv_cache), gemm and patch_embed (.matmul),
-paged_attention and varlen_attention (.attention), feed_tokens and advance_decode (.tokens), and the host helpers
+paged_attention and varlen_attention (.attention), feed_tokens, advance_decode, start_decode_loop and decode_loop_step (.tokens), and the host helpers
 make_cos_sin_cache and unfold_patches (.host). Arguments are validated against one
 declarative specification per launcher (.spec) before anything touches the device.
 
@@ -21,10 +21,10 @@ from cgraph.kernels.kv_cache import reshape_and_cache
 from cgraph.kernels.matmul import gemm, patch_embed
 from cgraph.kernels.rotary import rotary_embedding
 from cgraph.kernels.control import cond, set_condition, while_loop
-from cgraph.kernels.tokens import advance_decode, feed_tokens, record_step_tokens
+from cgraph.kernels.tokens import advance_decode, decode_loop_step, feed_tokens, start_decode_loop
 
 __all__ = [
-    "advance_decode", "cond", "record_step_tokens", "set_condition", "while_loop", "argmax", "embedding", "feed_tokens", "gemm", "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile",
+    "advance_decode", "cond", "decode_loop_step", "set_condition", "start_decode_loop", "while_loop", "argmax", "embedding", "feed_tokens", "gemm", "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile",
     "reshape_and_cache", "rms_norm", "rotary_embedding", "silu_and_mul", "unfold_patches",
     "varlen_attention",
 ]

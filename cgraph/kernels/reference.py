@@ -158,12 +158,23 @@ def advance_decode(positions: np.ndarray, seq_lens: np.ndarray, slot_mapping: np
     return pos, lens, slots, source
 
 
-def record_step_tokens(history: np.ndarray, sampled: np.ndarray, step: int) -> np.ndarray:
-    """history with row `step` set to sampled (unchanged for a step outside the rows)."""
-    out = np.array(history, copy=True)
-    if 0 <= step < out.shape[0]:
-        out[step] = sampled
-    return out
+def decode_loop_step(history: np.ndarray, next_tokens: np.ndarray, positions: np.ndarray, seq_lens: np.ndarray,
+                     slot_mapping: np.ndarray, token_source: np.ndarray, block_tables: np.ndarray, num_seqs: int,
+                     stop_ids: np.ndarray, done: np.ndarray, count: int, limit: int, block_size: int) -> dict:
+    """The state after one iteration of a multi-step decode loop (kernels.decode_loop_step):
+    history, sampled, the advanced metadata, done, count and pred."""
+    hist = np.array(history, copy=True)
+    tok = np.asarray(next_tokens)
+    if 0 <= count < hist.shape[0]:
+        hist[count] = tok
+    pos, lens, slots, source = advance_decode(positions, seq_lens, slot_mapping, token_source, block_tables,
+                                              num_seqs, block_size)
+    n = min(int(num_seqs), len(tok))
+    d = np.array(done, copy=True)
+    d[:n] |= (np.asarray(stop_ids)[:n] == tok[:n, None]).any(axis=1).astype(d.dtype)
+    running = bool((d[:n] == 0).any())
+    return {"history": hist, "sampled": tok.copy(), "positions": pos, "seq_lens": lens, "slot_mapping": slots,
+            "token_source": source, "done": d, "count": count + 1, "pred": int(count + 1 < limit and running)}
 
 
 def argmax(logits: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""Token bookkeeping on the device: feed each decode its previous step's sampled token, and
-advance a decode step's metadata to the next step of the same sequences."""
+"""Token bookkeeping on the device: feed each decode its previous step's sampled token,
+advance a decode step's metadata to the next step of the same sequences, and the start
+and per-iteration bookkeeping of a multi-step decode loop (cgraph.engine.multistep)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cgraph.core.checks import check_int
+from cgraph.core.errors import ArgumentError
 from cgraph.kernels.launch import I32, launch
 from cgraph.kernels.spec import INT32, Arr, Spec
 
@@ -60,16 +62,57 @@ def advance_decode(positions: Any, seq_lens: Any, slot_mapping: Any, token_sourc
             I32(block_size)), stream)
 
 
-_RECORD = Spec("record_step_tokens", Arr("history", ("K", "S"), INT32), Arr("sampled", ("S",), INT32),
-               Arr("step", (1,), INT32))
+_START_LOOP = Spec("start_decode_loop", Arr("count", (1,), INT32), Arr("done", ("S",), INT32),
+                   Arr("limit", (1,), INT32), Arr("pred", (1,), INT32))
 
 
-def record_step_tokens(history: Any, sampled: Any, step: Any, *, stream: Any = None) -> None:
-    """history[step[0], :] = sampled, with step[0] read on the device (nothing is written
-    for a step outside [0, K)). history int32 [K, S], sampled int32 [S], step int32 [1]."""
-    b = _RECORD.bind(history=history, sampled=sampled, step=step).on_device()
-    s = b.dims["S"]
-    if s == 0:
-        return
-    launch("tokens", "record_step_tokens", (-(-s // _THREADS),), _THREADS,
-           (history, sampled, step, I32(s), I32(b.dims["K"])), stream)
+def start_decode_loop(count: Any, done: Any, limit: Any, pred: Any, *, stream: Any = None) -> None:
+    """Before a multi-step decode loop, on the device: count[0] = 0, done[:] = 0 and
+    pred[0] = limit[0] > 0. All int32, C-contiguous: count, limit, pred [1], done [S]."""
+    b = _START_LOOP.bind(count=count, done=done, limit=limit, pred=pred).on_device()
+    launch("tokens", "start_decode_loop", (1,), _THREADS, (count, done, limit, pred, I32(b.dims["S"])), stream)
+
+
+_LOOP_STEP = Spec("decode_loop_step",
+                  Arr("history", ("K", "S"), INT32),
+                  Arr("next_tokens", ("S",), INT32),
+                  Arr("sampled", ("S",), INT32),
+                  Arr("positions", ("S",), INT32),
+                  Arr("seq_lens", ("S",), INT32),
+                  Arr("slot_mapping", ("S",), INT32),
+                  Arr("token_source", ("S",), INT32),
+                  Arr("block_tables", ("S", "B"), INT32),
+                  Arr("num_seqs", (1,), INT32),
+                  Arr("stop_ids", ("S", "M"), INT32),
+                  Arr("done", ("S",), INT32),
+                  Arr("count", (1,), INT32),
+                  Arr("limit", (1,), INT32),
+                  Arr("pred", (1,), INT32))
+
+
+def decode_loop_step(history: Any, next_tokens: Any, sampled: Any, positions: Any, seq_lens: Any,
+                     slot_mapping: Any, token_source: Any, block_tables: Any, num_seqs: Any, stop_ids: Any,
+                     done: Any, count: Any, limit: Any, pred: Any, *, block_size: int,
+                     stream: Any = None) -> None:
+    """The end of one iteration c = count[0] of a multi-step decode loop, in one launch.
+
+    Every row i < S: history[c, i] = sampled[i] = next_tokens[i] (history untouched for c
+    outside [0, K)). Every live row i < num_seqs[0]: its metadata advances as
+    advance_decode's does, and done[i] becomes 1 once next_tokens[i] is one of
+    stop_ids[i, :] (-1 pads: a token id is never negative). Then count[0] = c + 1 and
+    pred[0] = 1 if c + 1 < limit[0] and some live row is not done, else 0.
+    All int32 and C-contiguous.
+    """
+    b = _LOOP_STEP.bind(history=history, next_tokens=next_tokens, sampled=sampled, positions=positions,
+                        seq_lens=seq_lens, slot_mapping=slot_mapping, token_source=token_source,
+                        block_tables=block_tables, num_seqs=num_seqs, stop_ids=stop_ids, done=done, count=count,
+                        limit=limit, pred=pred).on_device()
+    block_size = check_int(block_size, "block_size", 1, hint="tokens per KV cache block")
+    d = b.dims
+    if d["S"] == 0:
+        raise ArgumentError("decode_loop_step needs at least one row (S = 0): a loop over no sequence "
+                            "never starts; launch it only for a decode batch")
+    launch("tokens", "decode_loop_step", (1,), _THREADS,
+           (history, next_tokens, sampled, positions, seq_lens, slot_mapping, token_source, block_tables,
+            num_seqs, stop_ids, done, count, limit, pred, I32(d["S"]), I32(d["K"]), I32(d["B"]),
+            I32(block_size), I32(d["M"])), stream)
