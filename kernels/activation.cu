@@ -17,6 +17,7 @@ __device__ __forceinline__ void silu_and_mul_body(typename D::T* __restrict__ ou
 
 #define SILU(NAME, TAG, V)                                                   \
   extern "C" __global__ void NAME(TAG::T* out, const TAG::T* x, int I) {     \
+    CG_PDL_ENTRY();                                                          \
     silu_and_mul_body<TAG, V>(out, x, I);                                    \
   }
 SILU(silu_and_mul_f16_v8, F16, 8)

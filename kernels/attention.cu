@@ -208,6 +208,7 @@ __device__ __forceinline__ void attention_body(
       int max_blocks, int block_size, const int* seq_lens, const int* qsl, const int* num_seqs_ptr, \
       const int* cu_seqlens, int n_varlen, int mode, int causal, int Hq, int Hkv, int Dh,           \
       i64 q_stride, i64 k_stride, i64 v_stride, float scale) {                                      \
+    CG_PDL_ENTRY();                                                                                 \
     attention_body<TAG, TG, GB>(out, q, kb, vb, block_tables, max_blocks, block_size, seq_lens,     \
                                 qsl, num_seqs_ptr, cu_seqlens, n_varlen, mode, causal, Hq, Hkv, Dh, \
                                 q_stride, k_stride, v_stride, scale);                               \
@@ -571,6 +572,7 @@ __device__ __forceinline__ void flash_body(
       int block_size, const int* seq_lens, const int* starts, const int* num_seqs_ptr, int n_seg_cap, \
       int mode, int causal, int skip_single, int T, int Hq, int Hkv, i64 q_stride, i64 k_stride,     \
       i64 v_stride, float scale_log2) {                                                              \
+    CG_PDL_ENTRY();                                                                                  \
     flash_body<TAG, DH>(out, q, kb, vb, block_tables, max_blocks, block_size, seq_lens, starts,      \
                         num_seqs_ptr, n_seg_cap, mode, causal, skip_single, T, Hq, Hkv, q_stride,    \
                         k_stride, v_stride, scale_log2);                                             \
@@ -799,6 +801,7 @@ __device__ __forceinline__ void flash_decode_body(
       u16* out, const u16* q, const u16* kb, const u16* vb, const int* block_tables, int max_blocks,  \
       int block_size, const int* seq_lens, const int* qsl, const int* num_seqs_ptr, int n_seq_cap,    \
       int mixed, int Hq, int Hkv, i64 q_stride, float scale_log2) {                                  \
+    CG_PDL_ENTRY();                                                                                  \
     flash_decode_body<TAG, DH, NS, KH, WPH>(out, q, kb, vb, block_tables, max_blocks, block_size,    \
                                    seq_lens, qsl, num_seqs_ptr, n_seq_cap, mixed, Hq, Hkv, q_stride, \
                                    scale_log2);                                                      \

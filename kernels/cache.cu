@@ -34,6 +34,7 @@ __device__ __forceinline__ void reshape_and_cache_body(const typename D::T* __re
 #define RAC(NAME, TAG, V)                                                                              \
   extern "C" __global__ void NAME(const TAG::T* k, const TAG::T* v, TAG::T* kc, TAG::T* vc,            \
                                   const int* slots, int row, i64 k_stride, i64 v_stride, i64 num_slots) { \
+    CG_PDL_ENTRY();                                                                                       \
     reshape_and_cache_body<TAG, V>(k, v, kc, vc, slots, row, k_stride, v_stride, num_slots);           \
   }
 RAC(reshape_and_cache_f16_v8, F16, 8)

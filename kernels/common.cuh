@@ -13,6 +13,21 @@
 #define CG_IN_PART(n) 1
 #endif
 
+// Programmatic dependent launch (sm_90+). Every kernel starts with CG_PDL_ENTRY(): it
+// waits until the grids it depends on have completed and their memory is visible, then
+// lets the grid after it launch (that grid waits the same way before it touches memory).
+// A kernel launched with the programmatic stream serialization attribute may so be
+// scheduled while its predecessor drains; without the attribute both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define CG_PDL_ENTRY()                                  \
+  do {                                                  \
+    asm volatile("griddepcontrol.wait;" ::: "memory");  \
+    asm volatile("griddepcontrol.launch_dependents;"); \
+  } while (0)
+#else
+#define CG_PDL_ENTRY() do { } while (0)
+#endif
+
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;

@@ -14,6 +14,7 @@ extern "C" __device__ __cudart_builtin__ void CUDARTAPI cudaGraphSetConditional(
 // step 1 counts one more iteration (at the end of a WHILE body).
 extern "C" __global__ void set_condition(cudaGraphConditionalHandle handle, const int* __restrict__ pred,
                                          int* __restrict__ count, int limit, int step) {
+    CG_PDL_ENTRY();
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     const int c = step ? count[0] + 1 : 0;
     count[0] = c;

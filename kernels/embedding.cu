@@ -29,6 +29,7 @@ __device__ __forceinline__ void embedding_body(typename D::T* __restrict__ out, 
 
 #define EMB(NAME, TAG, V)                                                                         \
   extern "C" __global__ void NAME(TAG::T* out, const int* ids, const TAG::T* table, int vocab, int H) { \
+    CG_PDL_ENTRY();                                                                                     \
     embedding_body<TAG, V>(out, ids, table, vocab, H);                                            \
   }
 EMB(embedding_f16_v8, F16, 8)

@@ -159,6 +159,7 @@ __device__ __forceinline__ void gemm_tile_body(u16* __restrict__ out, const u16*
   extern "C" __global__ void __launch_bounds__(WM * WN * 32) CG_CLUSTER_Z(S)                       \
   NAME(u16* out, const u16* a, const u16* w, const u16* bias, int has_bias, int M, int N, int K,    \
        int ktiles_per_split) {                                                                      \
+    CG_PDL_ENTRY();                                                                                 \
     if (S == 1 || CG_HAS_CLUSTER)                                                                   \
       gemm_tile_body<TAG, BM, BN, BK, WM, WN, ST, S>(out, a, w, bias, has_bias, M, N, K,            \
                                                      ktiles_per_split);                            \
@@ -287,6 +288,7 @@ __device__ __forceinline__ void gemv_body(u16* __restrict__ out, const u16* __re
   extern "C" __global__ void __launch_bounds__(256) NAME(u16* out, const u16* a, const u16* w,    \
                                                          const u16* bias, int has_bias, int M,    \
                                                          int N, int K) {                          \
+    CG_PDL_ENTRY();                                                                               \
     gemv_body<TAG, MR>(out, a, w, bias, has_bias, M, N, K);                                       \
   }
 // Part 16: the GEMV, streaming and fallback kernels (small programs).
@@ -441,6 +443,7 @@ __device__ __forceinline__ void gemm_stream_body(u16* __restrict__ out, const u1
   extern "C" __global__ void __launch_bounds__(512) NAME(u16* out, const u16* a, const u16* w,    \
                                                          const u16* bias, int has_bias, int M,    \
                                                          int N, int K) {                          \
+    CG_PDL_ENTRY();                                                                               \
     gemm_stream_body<TAG, 2, 2, 4>(out, a, w, bias, has_bias, M, N, K);                           \
   }
 #if CG_IN_PART(16)
@@ -474,6 +477,7 @@ __device__ __forceinline__ void gemm_fallback_body(u16* __restrict__ out, const 
   extern "C" __global__ void __launch_bounds__(256) NAME(u16* out, const u16* a, const u16* w,    \
                                                          const u16* bias, int has_bias, int M,    \
                                                          int N, int K) {                          \
+    CG_PDL_ENTRY();                                                                               \
     gemm_fallback_body<TAG>(out, a, w, bias, has_bias, M, N, K);                                  \
   }
 #if CG_IN_PART(16)

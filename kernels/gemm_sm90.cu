@@ -222,6 +222,7 @@ __device__ __forceinline__ void gemm_tma_body(u16* __restrict__ out, const Tenso
   extern "C" __global__ void __launch_bounds__(128 * WGS + 32) CG_CLUSTER_Z(S)                            \
   NAME(u16* out, const __grid_constant__ TensorMap tma_a, const __grid_constant__ TensorMap tma_w,   \
        const u16* bias, int has_bias, int M, int N, int K, int ktiles_per_split) {                   \
+    CG_PDL_ENTRY();                                                                                  \
     gemm_tma_body<TAG, WGS, BN, ST, S>(out, &tma_a, &tma_w, bias, has_bias, M, N, K, ktiles_per_split); \
   }
 // Tile configurations (keep in sync with WGMMA_TILES in cgraph/kernels/gemm_plan.py):

@@ -81,6 +81,7 @@ __device__ __forceinline__ void rms_norm_body(typename D::T* out, const typename
 #define RMS(NAME, TAG, V)                                                                      \
   extern "C" __global__ void NAME(TAG::T* out, const TAG::T* x, TAG::T* residual, const TAG::T* w, \
                                   int H, float eps, int has_residual) {                        \
+    CG_PDL_ENTRY();                                                                            \
     rms_norm_body<TAG, V>(out, x, residual, w, H, eps, has_residual);                          \
   }
 RMS(rms_norm_f16_v8, F16, 8)

@@ -39,6 +39,7 @@ __device__ __forceinline__ void rotary_body(const int* __restrict__ positions, t
 #define ROT(NAME, TAG, V)                                                                           \
   extern "C" __global__ void NAME(const int* positions, TAG::T* q, TAG::T* k, const float* cache,   \
                                   int nq, int nk, int head, i64 q_stride, i64 k_stride, int max_pos) { \
+    CG_PDL_ENTRY();                                                                                    \
     rotary_body<TAG, V>(positions, q, k, cache, nq, nk, head, q_stride, k_stride, max_pos);         \
   }
 ROT(rotary_f16_v8, F16, 8)

@@ -44,6 +44,7 @@ __device__ __forceinline__ void argmax_body(const typename D::T* __restrict__ lo
 
 #define ARGMAX(NAME, TAG, V)                                                          \
   extern "C" __global__ void NAME(const TAG::T* logits, int* out, int n) {            \
+    CG_PDL_ENTRY();                                                                   \
     argmax_body<TAG, V>(logits, out, n);                                              \
   }
 ARGMAX(argmax_f16_v8, F16, 8)

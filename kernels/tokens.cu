@@ -7,6 +7,7 @@
 
 extern "C" __global__ void feed_tokens(int* __restrict__ input_ids, const int* __restrict__ source,
                                        const int* __restrict__ sampled, int n, int num_sampled) {
+    CG_PDL_ENTRY();
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
     const int s = source[t];
@@ -21,6 +22,7 @@ extern "C" __global__ void advance_decode(int* __restrict__ positions, int* __re
                                           int* __restrict__ slot_mapping, int* __restrict__ token_source,
                                           const int* __restrict__ block_tables, const int* __restrict__ num_seqs,
                                           int rows, int max_blocks, int block_size) {
+    CG_PDL_ENTRY();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows || i >= num_seqs[0]) return;
     const int p = positions[i] + 1;
@@ -37,6 +39,7 @@ extern "C" __global__ void advance_decode(int* __restrict__ positions, int* __re
 // start_decode_loop, before the loop: count = 0, no row done, pred = (limit > 0).
 extern "C" __global__ void start_decode_loop(int* __restrict__ count, int* __restrict__ done,
                                              const int* __restrict__ limit, int* __restrict__ pred, int rows) {
+    CG_PDL_ENTRY();
     for (int i = threadIdx.x; i < rows; i += blockDim.x) done[i] = 0;
     if (threadIdx.x == 0) {
         count[0] = 0;
@@ -57,6 +60,7 @@ extern "C" __global__ void decode_loop_step(int* __restrict__ history, const int
                                             int* __restrict__ done, int* __restrict__ count,
                                             const int* __restrict__ limit, int* __restrict__ pred,
                                             int rows, int steps, int max_blocks, int block_size, int max_stop) {
+    CG_PDL_ENTRY();
     const int c = count[0];
     const int live_rows = min(rows, num_seqs[0]);
     int running = 0;

@@ -47,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="1,4,16,64")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt", type=int, default=16)
+    parser.add_argument("--pdl-off-k", type=int, default=16,
+                        help="also run this K with programmatic dependent launch off (0: none)")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     cp = require_device()
+    import cgraph.kernels as K  # noqa: PLC0415
     from cgraph.engine.engine import Engine  # noqa: PLC0415
     from cgraph.models.llama import LlamaModel  # noqa: PLC0415
 
@@ -74,25 +77,31 @@ def main(argv: list[str] | None = None) -> int:
                      "tokens_per_s": over.summary["tokens_per_s"], "vs_sync": over.summary["tokens_per_s"] / base})
         same &= over.outputs == sync.outputs
         for k in [int(s) for s in args.steps.split(",")]:
-            with Engine(model, gcfg, decode_steps_per_launch=k) as multi:
-                multi.capture(progress=False)
-                multi.generate(requests[:1])
-                result = multi.generate(requests)
-            same &= result.outputs == sync.outputs
-            full = [s for s in result.steps if s.steps == k]
-            launch_us = statistics.median(s.gpu_seconds for s in full) * 1e6 if full else float("nan")
-            rows.append({"batch": batch, "engine": f"multi-step, up to {k} per launch", "K": k,
-                         "tokens_per_s": result.summary["tokens_per_s"],
-                         "vs_sync": result.summary["tokens_per_s"] / base,
-                         "launch_gpu_us": launch_us, "k_replays_gpu_us": replay_us[k],
-                         "launch/k_replays": launch_us / replay_us[k]})
-            print(rows[-1], flush=True)
+            for pdl in (True, False) if k == args.pdl_off_k else (True,):
+                K.set_programmatic_launch(pdl)
+                try:
+                    with Engine(model, gcfg, decode_steps_per_launch=k) as multi:
+                        multi.capture(progress=False)
+                        multi.generate(requests[:1])
+                        result = multi.generate(requests)
+                finally:
+                    K.set_programmatic_launch(True)
+                same &= result.outputs == sync.outputs
+                full = [s for s in result.steps if s.steps == k]
+                launch_us = statistics.median(s.gpu_seconds for s in full) * 1e6 if full else float("nan")
+                rows.append({"batch": batch, "engine": f"multi-step, up to {k} per launch" + ("" if pdl else ", PDL off"),
+                             "K": k, "tokens_per_s": result.summary["tokens_per_s"],
+                             "vs_sync": result.summary["tokens_per_s"] / base,
+                             "launch_gpu_us": launch_us, "k_replays_gpu_us": replay_us[k],
+                             "launch/k_replays": launch_us / replay_us[k]})
+                print(rows[-1], flush=True)
     columns = ["batch", "engine", "K", "tokens_per_s", "vs_sync", "launch_gpu_us", "k_replays_gpu_us",
                "launch/k_replays"]
     write_results("multistep", rows, title="Multi-step decode: K steps per launch vs the single-step engine",
                   out_dir=args.out, columns=columns,
                   notes=[f"demo model, {args.new_tokens} new tokens per request, prompts of {args.prompt} tokens, "
-                         "FULL graphs",
+                         "FULL graphs; kernels captured with programmatic dependent launch unless a row says "
+                         "PDL off",
                          "launch_gpu_us: median GPU time of a K-step launch (events around it); k_replays_gpu_us: "
                          "K back-to-back replays of the single-step decode graph",
                          f"every engine generated the same tokens: {same}",

@@ -28,7 +28,7 @@ from cgraph.core.tree import argument_addresses
 from cgraph.cuda import callbacks
 from cgraph.cuda import state as _state
 from cgraph.cuda.device import require_device
-from cgraph.cuda.driver import exec_update
+from cgraph.cuda.driver import edge_kinds, exec_update
 from cgraph.cuda.pool import GraphPool
 from cgraph.cuda.session import CaptureSession, check_capture_stream
 
@@ -204,8 +204,16 @@ class CapturedGraph:
         return self._pool.total_bytes()
 
     def dot(self) -> str:
-        """The graph as Graphviz DOT text (CUDA's own debug dump)."""
-        return self._live().debug_dot_str()
+        """The graph as Graphviz DOT text (CUDA's own debug dump), ending with a comment
+        that counts its programmatic (PDL) edges, which the dump does not mark."""
+        graph = self._live()
+        text = graph.debug_dot_str()
+        programmatic, edges = self.programmatic_edges()
+        return f"{text.rstrip()}\n// cgraph: {programmatic} of {edges} top-level edges are programmatic (PDL)\n"
+
+    def programmatic_edges(self) -> tuple[int, int]:
+        """(programmatic dependent launch edges, all edges) of the graph's top level."""
+        return edge_kinds(int(self._live().graph))
 
     def upload(self, stream: Any = None) -> None:
         """Pre-load the executable graph on the device so the first replay is not slower."""

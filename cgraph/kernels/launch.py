@@ -7,13 +7,16 @@ every launcher can be captured into a CUDA graph.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
 import numpy as np
 
 from cgraph.core.errors import ArgumentError
+from cgraph.cuda import state as _state
 from cgraph.cuda.device import cupy
+from cgraph.cuda.driver import launch_programmatic
 from cgraph.kernels.loader import get_kernel
 
 #: dtype name -> the suffix of its kernels' names.
@@ -47,17 +50,46 @@ def current_stream(stream: Any) -> Any:
     return stream if stream is not None else cupy().cuda.get_current_stream()
 
 
+_PROGRAMMATIC = {"on": os.environ.get("CGRAPH_PDL", "1") != "0"}
+
+
+def set_programmatic_launch(enabled: bool) -> bool:
+    """Turn programmatic dependent launch inside captures on or off; returns the previous
+    setting. On by default (environment: CGRAPH_PDL=0 turns it off); it applies to graphs
+    captured afterwards, on devices of compute capability 9.0 and newer."""
+    previous = _PROGRAMMATIC["on"]
+    _PROGRAMMATIC["on"] = bool(enabled)
+    return previous
+
+
+def programmatic_launch() -> bool:
+    """Whether kernels captured now are launched with programmatic dependent launch: the
+    setting is on, the device has it (compute capability 9.0+), and a capture is recording
+    outside an eager break. Eager launches never use it: they gain nothing from it and the
+    plain launch costs the host less."""
+    if not _PROGRAMMATIC["on"]:
+        return False
+    capture = _state.active()
+    return capture is not None and capture.recording and not capture.in_break and device_facts().clusters
+
+
 def launch(family: str, name: str, grid: tuple[int, ...], block: int, args: tuple, stream: Any,
            smem: int = 0) -> None:
     """Launch kernel `name` of `family`; a grid outside CUDA's limits raises ArgumentError
-    naming the size (the launch would fail with cudaErrorInvalidConfiguration)."""
+    naming the size (the launch would fail with cudaErrorInvalidConfiguration). Inside a
+    capture the launch is programmatic where :func:`programmatic_launch` says so; the
+    kernel computes the same either way."""
     grid = tuple(int(g) for g in grid)
     for axis, (g, limit) in enumerate(zip(grid, GRID_LIMITS)):
         if not 1 <= g <= limit:
             raise ArgumentError(f"{name}: grid dimension {'xyz'[axis]} would be {g}, outside [1, {limit}]; "
                                 "the arguments are too large for one launch (split the batch)")
     kern = get_kernel(family, name, dynamic_smem=smem)
-    kern(grid, (int(block),), args, shared_mem=int(smem), stream=current_stream(stream))
+    stream = current_stream(stream)
+    if programmatic_launch():
+        launch_programmatic(kern.kernel.ptr, grid, int(block), args, int(smem), stream.ptr)
+    else:
+        kern(grid, (int(block),), args, shared_mem=int(smem), stream=stream)
 
 
 @attrs.frozen
