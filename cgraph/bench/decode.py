@@ -1,4 +1,5 @@
-"""Benchmark: one decode step of an 8-layer, hidden-1024 Llama at batch 1, 8, 32, 128.
+"""Benchmark: one decode step of an 8-layer, hidden-1024 Llama (or, --model 1b, of
+Llama-3.2-1B's shapes) at batch 1, 8, 32, 128.
 
 `python -m cgraph.bench.decode` measures, side by side in one process on one GPU:
 - cgraph NONE (eager kernel launches), FULL (one graph, decode attention path) and
@@ -34,6 +35,10 @@ from cgraph.core.modes import GraphMode
 
 BENCH_MODEL = LlamaConfig(num_layers=8, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=64,
                           intermediate_size=2816, vocab_size=32000, max_seq_len=1024)
+#: Llama-3.2-1B's shapes (random weights)
+LLAMA_1B = LlamaConfig(num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64,
+                       intermediate_size=8192, vocab_size=128256, max_seq_len=1024)
+MODELS = {"8x1024": BENCH_MODEL, "1b": LLAMA_1B}
 
 
 def time_steps(cp: Any, fn: Callable[[], Any], iters: int, rounds: int) -> float:
@@ -222,6 +227,8 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="8x1024",
+                    help="8x1024: the default benchmark model; 1b: Llama-3.2-1B shapes (results get a _1b suffix)")
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--context", type=int, default=512, help="KV entries before the decoded token")
     ap.add_argument("--iters", type=int, default=50)
@@ -236,8 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     from cgraph.engine.engine import Engine
     from cgraph.models.llama import LlamaModel
 
+    import cgraph.kernels as K
+    from cgraph.cuda.graph import capture
+
     cp = require_device()
-    cfg = BENCH_MODEL
+    cfg = MODELS[a.model]
+    suffix = "" if a.model == "8x1024" else f"_{a.model}"
     batches = [int(b) for b in a.batches.split(",")]
     rng = np.random.default_rng(a.seed)
     w = init_weights(cfg, a.seed)
@@ -270,12 +281,25 @@ def main(argv: list[str] | None = None) -> None:
                 lambda: eng.run_forward(batch, batch, 1),
                 lambda: eng.full.run(GraphMode.FULL, full_desc, batch, batch, 1),
                 lambda: eng.piecewise.run(GraphMode.PIECEWISE, piece_desc, batch, batch, batch))]
+            # the same FULL step captured with programmatic dependent launch off
+            previous = K.set_programmatic_launch(False)
+            try:
+                plain = capture(eng.run_forward, batch, batch, 1, name=f"decode-{batch}-no-pdl")
+            finally:
+                K.set_programmatic_launch(previous)
+            try:
+                t_plain = time_steps(cp, plain.replay, a.iters, a.rounds)
+                plain.replay()
+                toks.append(plain.outputs.get()[:batch].tolist())
+            finally:
+                plain.close()
             kv_bytes = batch * (a.context + 1) * cfg.num_layers * 2 * cfg.kv_size * 2
             floor = (model.weight_bytes + kv_bytes) / bw
             rows.append({"batch": batch, "none_us": t_none * 1e6, "full_us": t_full * 1e6,
+                         "full_no_pdl_us": t_plain * 1e6, "pdl_gain": t_plain / t_full,
                          "piecewise_us": t_piece * 1e6, "none/full": t_none / t_full,
                          "floor_us": floor * 1e6, "full/floor": t_full / floor,
-                         "same_tokens": toks[0] == toks[1] == toks[2]})
+                         "same_tokens": all(t == toks[0] for t in toks)})
             if a.breakdown:
                 ops = op_breakdown(cp, eng, batch, a.context)
                 ops.append({"batch": batch, "op": "sum of ops (estimate)", "us": "", "per_step": "",
@@ -305,17 +329,20 @@ def main(argv: list[str] | None = None) -> None:
         "floor = (weight bytes + KV bytes read) / copy bandwidth",
         f"step time: median over {a.rounds} rounds of {a.iters} back-to-back steps, device events",
         "PIECEWISE runs the mixed-batch graph (attention eager between segments, general path)",
+        "FULL graphs launch their kernels with programmatic dependent launch; full_no_pdl_us is the same step "
+        "captured with it off (pdl_gain = full_no_pdl_us / full_us); same_tokens covers all four",
         torch_note + "; torch attention gathers the paged KV per layer then runs "
         "scaled_dot_product_attention with a length mask; fused qkv and gate/up matmuls (cuBLAS), F.rms_norm",
     ]
-    cols = ["batch", "none_us", "piecewise_us", "full_us", "none/full", "floor_us", "full/floor",
+    cols = ["batch", "none_us", "piecewise_us", "full_us", "full_no_pdl_us", "pdl_gain", "none/full", "floor_us",
+            "full/floor",
             "torch_eager_us", "torch_graph_us", "full/torch_graph", "same_tokens"]
     if breakdown:
-        write_results("decode_breakdown", breakdown, title="Decode step by op (graph-timed, GPU time)",
+        write_results("decode_breakdown" + suffix, breakdown, title="Decode step by op (graph-timed, GPU time)",
                       notes=[f"bandwidth column: bytes of weights (gemm) or KV read (attention) / time; "
                              f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)",
                              "each op captured 20 times in one graph; layer ops count num_layers times"], out_dir=a.out)
-    write_results("decode", rows, title="Decode step: cgraph NONE / PIECEWISE / FULL vs floor and torch",
+    write_results("decode" + suffix, rows, title="Decode step: cgraph NONE / PIECEWISE / FULL vs floor and torch",
                   notes=notes, columns=cols, extra={"copy_bandwidth_Bps": bw, "context": a.context}, out_dir=a.out)
 
 
