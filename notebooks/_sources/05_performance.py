@@ -186,7 +186,8 @@ fig.tight_layout()
 #
 # `cgraph.bench.multistep`: the demo model decoding under FULL graphs, one step per launch
 # (synchronous and overlapped host loops) against up to K steps per launch in a
-# device-side `while_loop` (K = 1, 4, 16, 64); tokens/s relative to the synchronous loop.
+# device-side `while_loop` (K = 1, 4, 16, 64), and K = 16 again with programmatic
+# dependent launch off; tokens/s relative to the synchronous loop.
 
 # %% tags=["pure"]
 ms = rows("multistep")
@@ -196,10 +197,15 @@ for r in ms:
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.4))
 for batch in sorted({r["batch"] for r in ms}):
-    pts = [(r["K"], r["tokens_per_s"]) for r in ms if r["batch"] == batch and r["engine"].startswith("multi")]
+    multi = [r for r in ms if r["batch"] == batch and r["engine"].startswith("multi")]
+    pts = [(r["K"], r["tokens_per_s"]) for r in multi if "PDL off" not in r["engine"]]
+    off = [(r["K"], r["tokens_per_s"]) for r in multi if "PDL off" in r["engine"]]
     sync = next(r["tokens_per_s"] for r in ms if r["batch"] == batch and "synchronous" in r["engine"])
     over = next(r["tokens_per_s"] for r in ms if r["batch"] == batch and "overlapped" in r["engine"])
     line, = ax.plot([k for k, _ in pts], [t for _, t in pts], "o-", label=f"batch {batch}, K steps per launch")
+    if off:
+        ax.plot([k for k, _ in off], [t for _, t in off], "x", color=line.get_color(), ms=8,
+                label=f"batch {batch}, K steps, programmatic launch off")
     ax.axhline(sync, color=line.get_color(), ls=":", lw=1, label=f"batch {batch}, single-step synchronous")
     ax.axhline(over, color=line.get_color(), ls="--", lw=1, label=f"batch {batch}, single-step overlapped")
 ax.set_xscale("log", base=2)
