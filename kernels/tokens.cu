@@ -14,6 +14,19 @@ extern "C" __global__ void feed_tokens(int* __restrict__ input_ids, const int* _
     if (s >= 0 && s < num_sampled) input_ids[t] = sampled[s];
 }
 
+// publish_tokens: a step's sampled tokens go two ways in one launch: into `sampled` (the
+// next step's token feed) and into pinned host memory (`host`, its device address), where
+// the host reads them once the step's end event has completed.
+extern "C" __global__ void publish_tokens(const int* __restrict__ next_tokens, int* __restrict__ sampled,
+                                          int* __restrict__ host, int n) {
+    CG_PDL_ENTRY();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int tok = next_tokens[i];
+    sampled[i] = tok;
+    host[i] = tok;
+}
+
 // advance_decode: the metadata of the next decode step of the same sequences, in place:
 // each live row i < num_seqs moves one position on (seq_len = position + 1), its slot
 // follows from its block table, and its input becomes the token it just sampled. A

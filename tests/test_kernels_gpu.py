@@ -129,6 +129,25 @@ def test_feed_tokens_replaces_ids_whose_source_is_a_sampled_row(cp, t, n):
     np.testing.assert_array_equal(ids.get(), ref.feed_tokens(ids_h, source_h, sampled_h), err_msg=f"seed={SEED}")
 
 
+@pytest.mark.parametrize("n", [1, 37, 1000])
+def test_publish_tokens_feeds_the_next_step_and_writes_pinned_host_memory(cp, n):
+    import cupyx
+
+    tok_h = RNG.integers(0, 50000, size=n).astype(np.int32)
+    sampled = cp.full((n + 3,), -7, cp.int32)
+    host = cupyx.empty_pinned((n + 5,), np.int32)
+    host[...] = -9
+    K.publish_tokens(cp.asarray(tok_h), sampled[:n], host)
+    cp.cuda.get_current_stream().synchronize()
+    np.testing.assert_array_equal(sampled.get()[:n], tok_h, err_msg=f"seed={SEED}")
+    np.testing.assert_array_equal(host[:n], tok_h, err_msg=f"seed={SEED}")
+    assert (sampled.get()[n:] == -7).all() and (host[n:] == -9).all()
+    with pytest.raises(TypeError, match="pinned"):
+        K.publish_tokens(cp.asarray(tok_h), sampled[:n], np.zeros(n, np.int32))  # pageable memory
+    with pytest.raises(TypeError, match="int32"):
+        K.publish_tokens(cp.asarray(tok_h), sampled[:n], host[: n - 1] if n > 1 else host.astype(np.int64))
+
+
 @pytest.mark.parametrize("rows, live, max_blocks", [(1, 1, 4), (8, 5, 16), (300, 300, 8)])
 def test_advance_decode_moves_live_rows_on_and_never_reads_past_the_table(cp, rows, live, max_blocks):
     bs = 16

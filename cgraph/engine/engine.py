@@ -10,7 +10,8 @@ One step:
    segments (attention runs eagerly between them), NONE steps call the forward directly;
    the forward first feeds each decode the token its request sampled in the previous
    step, from the device (so the host never waits for a token to go on);
-5. the greedy tokens are copied back into pinned memory behind an event.
+5. one kernel keeps the greedy tokens for the next step's feed and writes them into
+   pinned host memory, read behind an event.
 
 `generate` overlaps the host with the GPU (cgraph.engine.loop): while step N runs, the
 host schedules and enqueues step N+1 and reads tokens only when it needs them. Every
@@ -249,8 +250,8 @@ class Engine:
         return (GraphMode.NONE if eager else mode), desc, self.num_seq_rows(desc.num_tokens), qlen
 
     def launch(self, mode: GraphMode, desc: BatchDescriptor, seq_rows: int, qlen: int) -> None:
-        """Run the forward of a prepared step on the current stream (graph or eager), then
-        keep its samples for the next step's token feed."""
+        """Run the forward of a prepared step on the current stream (graph or eager); its
+        tokens are then in buffers["next_tokens"] (see publish)."""
         padded = desc.num_tokens
         runner = self.full if mode is GraphMode.FULL else self.piecewise if mode is GraphMode.PIECEWISE else None
         if runner is None:
@@ -260,18 +261,19 @@ class Engine:
             runner.run(mode, desc, padded, seq_rows, qlen)
             if len(runner.refused) > refused_before:
                 self.fallbacks.note(REFUSED)
-        # the next step's decodes read these samples (LlamaModel.forward's token feed)
-        sampled, fresh = self.buffers["sampled"], self.buffers["next_tokens"]
-        sampled.data.copy_from_device_async(fresh.data, seq_rows * fresh.itemsize,
-                                            self._cp.cuda.get_current_stream())
+
+    def publish(self, seq_rows: int, host_tokens: Any) -> None:
+        """After a step's forward, in one launch: keep its samples for the next step's token
+        feed (LlamaModel.forward reads buffers["sampled"]) and write them into the pinned
+        host array `host_tokens`."""
+        import cgraph.kernels as K  # noqa: PLC0415 - GPU layer
+
+        K.publish_tokens(self.buffers["next_tokens"][:seq_rows], self.buffers["sampled"][:seq_rows], host_tokens)
 
     def launch_decode_loop(self, mode: GraphMode, desc: BatchDescriptor, seq_rows: int) -> None:
-        """Run the decode loop of a prepared uniform decode batch (see cgraph.engine.multistep),
-        then keep the last step's samples for the next token feed."""
+        """Run the decode loop of a prepared uniform decode batch (see cgraph.engine.multistep);
+        it leaves the last step's samples in buffers["sampled"] for the next token feed."""
         self.decode_loop.launch(mode, desc, seq_rows)
-        sampled, fresh = self.buffers["sampled"], self.buffers["next_tokens"]
-        sampled.data.copy_from_device_async(fresh.data, seq_rows * fresh.itemsize,
-                                            self._cp.cuda.get_current_stream())
 
     def step(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[list[int], StepRecord]:
         """Run one scheduled batch and wait for it; return each sequence's greedy token and

@@ -142,7 +142,7 @@ def enqueue_step(engine: Any, batches: ScheduledBatch | list[ScheduledBatch], sl
         slot.forward_start.record(stream)
         engine.launch(mode, desc, seq_rows, qlen)
         slot.forward_end.record(stream)
-        engine.buffers["next_tokens"][:n].get(stream=stream, out=slot.tokens[:n], blocking=False)
+        engine.publish(seq_rows, slot.tokens)
         key = ("step", ids, padded) if batch.uniform_decode else None
         stride = n
     slot.end.record(stream)

@@ -3,7 +3,7 @@
 Launchers (all capturable into CUDA graphs; each module states its kernels' contracts):
 embedding, rms_norm, silu_and_mul, argmax (cgraph.kernels.elementwise), rotary_embedding
 (.rotary), reshape_and_cache (.kv_cache), gemm and patch_embed (.matmul),
-paged_attention and varlen_attention (.attention), feed_tokens, advance_decode,
+paged_attention and varlen_attention (.attention), feed_tokens, publish_tokens, advance_decode,
 start_decode_loop and decode_loop_step (.tokens), while_loop, cond and set_condition
 (.control), and the host helpers make_cos_sin_cache and unfold_patches (.host).
 Arguments are validated against one declarative specification per launcher (.spec)
@@ -26,11 +26,11 @@ from cgraph.kernels.kv_cache import reshape_and_cache
 from cgraph.kernels.matmul import gemm, patch_embed
 from cgraph.kernels.rotary import rotary_embedding
 from cgraph.kernels.control import cond, set_condition, while_loop
-from cgraph.kernels.tokens import advance_decode, decode_loop_step, feed_tokens, start_decode_loop
+from cgraph.kernels.tokens import advance_decode, decode_loop_step, feed_tokens, publish_tokens, start_decode_loop
 
 __all__ = [
     "advance_decode", "argmax", "cond", "decode_loop_step", "embedding", "feed_tokens", "gemm",
-    "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile", "programmatic_launch",
+    "make_cos_sin_cache", "paged_attention", "patch_embed", "precompile", "programmatic_launch", "publish_tokens",
     "reshape_and_cache", "rms_norm", "rotary_embedding", "set_condition", "set_programmatic_launch",
     "silu_and_mul", "start_decode_loop", "unfold_patches", "varlen_attention", "while_loop",
 ]

@@ -64,7 +64,7 @@ PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "rotary": _elementwise("rotary"),
     "cache": _elementwise("reshape_and_cache"),
     "sampling": _elementwise("argmax"),
-    "tokens": (("feed_tokens", "advance_decode", "start_decode_loop", "decode_loop_step"),),
+    "tokens": (("feed_tokens", "publish_tokens", "advance_decode", "start_decode_loop", "decode_loop_step"),),
     "control": (("set_condition",),),
     "attention": _attention(),
     "gemm": _gemm(),

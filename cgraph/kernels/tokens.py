@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from cgraph.core.checks import check_int
-from cgraph.core.errors import ArgumentError
+from cgraph.core.errors import ArgumentError, ArgumentTypeError
+from cgraph.cuda.device import cupy
 from cgraph.kernels.launch import I32, launch
 from cgraph.kernels.spec import INT32, Arr, Spec
 
@@ -32,6 +35,41 @@ def feed_tokens(input_ids: Any, token_source: Any, sampled: Any, *, stream: Any 
     launch("tokens", "feed_tokens", (-(-t // _THREADS),), _THREADS,
            (input_ids, token_source, sampled, I32(t), I32(b.dims["N"])), stream)
     return input_ids
+
+
+_PUBLISH = Spec("publish_tokens", Arr("next_tokens", ("N",), INT32), Arr("sampled", ("N",), INT32))
+_HOST_ADDRESSES: dict[int, int] = {}
+
+
+def _host_address(host: Any, n: int) -> int:
+    """The device address of a pinned int32 NumPy array of at least n elements (cached:
+    pinned staging buffers live as long as their engine)."""
+    cp = cupy()
+    if not isinstance(host, np.ndarray) or host.dtype != np.int32 or not host.flags.c_contiguous or host.size < n:
+        raise ArgumentTypeError(f"publish_tokens: host must be a C-contiguous pinned int32 NumPy array of >= {n} "
+                                f"elements, got {type(host).__name__} {getattr(host, 'dtype', '')} "
+                                f"{getattr(host, 'shape', '')}; allocate it with cupyx.empty_pinned")
+    ptr = host.ctypes.data
+    dev = _HOST_ADDRESSES.get(ptr)
+    if dev is None:
+        attrs = cp.cuda.runtime.pointerGetAttributes(ptr)
+        if attrs.type != cp.cuda.runtime.memoryTypeHost:
+            raise ArgumentTypeError("publish_tokens: host is not pinned (page-locked) memory, which a kernel "
+                                    "cannot write; allocate it with cupyx.empty_pinned")
+        dev = _HOST_ADDRESSES[ptr] = int(attrs.devicePointer)
+    return dev
+
+
+def publish_tokens(next_tokens: Any, sampled: Any, host: Any, *, stream: Any = None) -> None:
+    """sampled[:] = next_tokens and host[:N] = next_tokens, in one launch (host: a pinned
+    int32 NumPy array, written by the kernel through its device address; read it after an
+    event recorded behind this launch has completed). next_tokens and sampled int32 [N]."""
+    b = _PUBLISH.bind(next_tokens=next_tokens, sampled=sampled).on_device()
+    n = b.dims["N"]
+    if n == 0:
+        return
+    launch("tokens", "publish_tokens", (-(-n // _THREADS),), _THREADS,
+           (next_tokens, sampled, np.uint64(_host_address(host, n)), I32(n)), stream)
 
 
 _ADVANCE = Spec("advance_decode",
