@@ -280,3 +280,34 @@ def test_rebind_points_the_graph_at_new_buffers():
     np.testing.assert_allclose(o2.get(), reference(x2, w2), rtol=2e-5, atol=1e-4)
     assert np.isnan(o1.get()).all()  # the old buffers are no longer touched
     g.close()
+
+
+def test_a_capture_refused_by_the_pool_limit_leaves_earlier_graphs_memory_alone():
+    """A graph's temporaries are cached blocks of its pool; an allocation that fails must
+    not return them to the device (CuPy frees its cache on failure before it retries)."""
+    n = 1 << 16
+    x, out = rand(cp, n), cp.empty(n, cp.float32)
+
+    def temps(x, out):
+        t = x * 3.0  # freed after the capture: the graph keeps using its block
+        u = t + 1.0
+        cp.multiply(u, 2.0, out=out)
+        return out
+
+    pool = GraphPool()
+    g = capture(temps, x, out, pool=pool)
+    held = pool.total_bytes()
+    pool.set_limit(held + 1024)  # the next capture cannot fit
+    with pytest.raises(CaptureError):
+        capture(lambda b: b * 2.0, rand(cp, 8 * n), pool=pool)
+    assert pool.total_bytes() == held  # nothing went back to the device
+    fillers = [cp.full(n, 7.0, cp.float32) for _ in range(8)]  # memory freed now would be handed out here
+    for _ in range(2):
+        x[...] = rand(cp, n)
+        poison(out)
+        g.replay()
+        np.testing.assert_allclose(out.get(), (x.get() * 3.0 + 1.0) * 2.0, rtol=1e-6)
+    assert all(bool((f == 7.0).all()) for f in fillers)
+    g.close()
+    pool.close()
+    assert pool.total_bytes() == 0

@@ -20,6 +20,38 @@ from cgraph.core.errors import GraphClosedError
 from cgraph.cuda.device import require_device
 
 
+class _RetainingAllocator:
+    """The device allocations under a GraphPool's CuPy pool, held until the pool closes.
+
+    A graph's temporaries are blocks Python freed after the capture: CuPy keeps them cached
+    for reuse by the next capture, and every replay still reads and writes them. CuPy
+    returns its cached blocks to the device when an allocation fails (it frees them and
+    retries), which would leave graphs writing into freed memory. Holding every allocation
+    here keeps that memory valid whatever CuPy does with its cache; the pool's limit is
+    enforced here too, before the device is asked.
+    """
+
+    __slots__ = ("chunks", "nbytes", "limit")
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []
+        self.nbytes = 0
+        self.limit = 0  # 0: none
+
+    def __call__(self, size: int) -> Any:
+        cp = require_device()
+        if self.limit and self.nbytes + size > self.limit:
+            raise cp.cuda.memory.OutOfMemoryError(size, self.nbytes, self.limit)
+        mem = cp.cuda.memory.Memory(size)
+        self.chunks.append(mem)
+        self.nbytes += size
+        return cp.cuda.memory.MemoryPointer(mem, 0)
+
+    def release(self) -> None:
+        self.chunks.clear()
+        self.nbytes = 0
+
+
 class GraphPool:
     """A private memory pool and capture stream shared by graphs that never run concurrently.
 
@@ -30,11 +62,12 @@ class GraphPool:
     the pool, then returns the pool's memory to the device.
     """
 
-    __slots__ = ("_pool", "_stream", "_graphs", "_closed", "__weakref__")
+    __slots__ = ("_pool", "_device", "_stream", "_graphs", "_closed", "__weakref__")
 
     def __init__(self, *, limit_bytes: int | None = None) -> None:
         cp = require_device()
-        self._pool = cp.cuda.MemoryPool()
+        self._device = _RetainingAllocator()
+        self._pool = cp.cuda.MemoryPool(allocator=self._device)
         self._closed = False
         if limit_bytes is not None:
             self.set_limit(limit_bytes)
@@ -56,18 +89,17 @@ class GraphPool:
     @property
     def limit_bytes(self) -> int | None:
         """The cap on the pool's device memory, or None."""
-        limit = 0 if self._closed else int(self._pool.get_limit())
-        return limit or None
+        return None if self._closed else (self._device.limit or None)
 
     def set_limit(self, limit_bytes: int | None) -> None:
         """Cap the pool's device memory at `limit_bytes` (None: no cap) from now on."""
         self.ensure_open()
-        size = 0 if limit_bytes is None else check_int(limit_bytes, "limit_bytes", 1, hint="or None for no limit")
-        self._pool.set_limit(size=size)
+        self._device.limit = 0 if limit_bytes is None else check_int(limit_bytes, "limit_bytes", 1,
+                                                                     hint="or None for no limit")
 
     def total_bytes(self) -> int:
-        """Bytes the pool holds from the device (in use plus cached)."""
-        return 0 if self._closed else int(self._pool.total_bytes())
+        """Bytes the pool holds from the device (in use, cached, and held for graphs)."""
+        return 0 if self._closed else self._device.nbytes
 
     def used_bytes(self) -> int:
         """Bytes held by live arrays (graph outputs and kept temporaries)."""
@@ -86,11 +118,6 @@ class GraphPool:
         self.ensure_open()
         self._graphs.add(graph)
 
-    def release_cached(self) -> None:
-        """Return cached blocks no live array holds to the device (graphs keep theirs)."""
-        if not self._closed:
-            self._pool.free_all_blocks()
-
     def close(self) -> None:
         """Close every graph captured into this pool, then free the pool's memory. Idempotent."""
         if self._closed:
@@ -102,6 +129,7 @@ class GraphPool:
         # A replay may still be running on any stream: wait before memory goes back.
         require_device().cuda.Device().synchronize()
         self._pool.free_all_blocks()
+        self._device.release()
 
     def ensure_open(self) -> None:
         """Raise GraphClosedError if the pool was closed."""
