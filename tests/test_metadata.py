@@ -84,10 +84,10 @@ def test_metadata_rejects_sizes_too_small():
 
 def test_packed_layout_round_trips_every_field():
     rng = np.random.default_rng()
-    layout = MetadataLayout(max_tokens=300, max_seqs=7, max_blocks=8)
+    layout = MetadataLayout(max_tokens=800, max_seqs=7, max_blocks=8)  # a random batch has <= 762 tokens
     packed = np.full(layout.size, -7, np.int32)
     b = _random_batch(rng)
-    pad_t, pad_s = min(300, b.num_tokens + 5), 7
+    pad_t, pad_s = min(800, b.num_tokens + 5), 7
     m = build_metadata(b, num_tokens=pad_t, num_seqs=pad_s, max_blocks=8)
     used = layout.pack(m, packed)
     assert used == layout.used(pad_s) <= layout.size
@@ -101,7 +101,7 @@ def test_packed_layout_round_trips_every_field():
                              "seq_lens", "query_start_loc", "num_seqs", "block_tables"))
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
     with pytest.raises(ValueError, match="exceed"):
-        layout.slices(301, 7)
+        layout.slices(801, 7)
 
 
 def test_block_allocator_hands_out_distinct_blocks_and_catches_double_free():
