@@ -8,48 +8,12 @@ import pytest
 from cgraph import GraphConfig
 from cgraph.engine import BlockAllocator, Request, Scheduler
 from cgraph.models import LlamaConfig, init_weights
+from tests._llama_reference import reference_logits
 
 pytestmark = pytest.mark.gpu
 
 TINY = LlamaConfig(num_layers=2, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=32,
                    intermediate_size=256, vocab_size=512, max_seq_len=256)
-
-
-def _reference_logits(cfg: LlamaConfig, w: dict, tokens: list[int]) -> np.ndarray:
-    """fp32 NumPy forward of one whole sequence: logits at every position."""
-    f = {k: v.astype(np.float32) for k, v in w.items()}
-    t, d, hq, hkv = len(tokens), cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-
-    def norm(x, g):
-        return x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.rms_eps) * g
-
-    inv = cfg.rope_base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
-    ang = np.arange(t)[:, None] * inv[None, :]
-    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
-
-    def rope(x):  # [t, heads, d], neox halves
-        a, b = x[..., : d // 2], x[..., d // 2:]
-        c, s = cos[:, None, :], sin[:, None, :]
-        return np.concatenate([a * c - b * s, b * c + a * s], -1)
-
-    x = f["model.embed_tokens.weight"][tokens]
-    mask = np.triu(np.full((t, t), -np.inf, np.float32), 1)
-    for n in range(cfg.num_layers):
-        p = f"model.layers.{n}."
-        h = norm(x, f[p + "input_layernorm.weight"])
-        q = rope((h @ f[p + "self_attn.q_proj.weight"].T).reshape(t, hq, d))
-        k = rope((h @ f[p + "self_attn.k_proj.weight"].T).reshape(t, hkv, d))
-        v = (h @ f[p + "self_attn.v_proj.weight"].T).reshape(t, hkv, d)
-        k, v = np.repeat(k, hq // hkv, 1), np.repeat(v, hq // hkv, 1)
-        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(d) + mask
-        pr = np.exp(s - s.max(-1, keepdims=True))
-        pr /= pr.sum(-1, keepdims=True)
-        o = np.einsum("hqk,khd->qhd", pr, v).reshape(t, hq * d)
-        x = x + o @ f[p + "self_attn.o_proj.weight"].T
-        h = norm(x, f[p + "post_attention_layernorm.weight"])
-        g, u = h @ f[p + "mlp.gate_proj.weight"].T, h @ f[p + "mlp.up_proj.weight"].T
-        x = x + (g / (1 + np.exp(-g)) * u) @ f[p + "mlp.down_proj.weight"].T
-    return norm(x, f["model.norm.weight"]) @ f["lm_head.weight"].T
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +44,7 @@ def test_prefill_then_decode_logits_match_numpy_reference(tiny_model):
             tokens, rec = eng.step(batch)
             got = eng.buffers["logits"][: len(batch.seqs)].get().astype(np.float32)
             for row, seq in enumerate(batch.seqs):
-                ref = _reference_logits(TINY, w, seqs[seq.request_id])[-1]
+                ref = reference_logits(TINY, [w], seqs[seq.request_id])[-1]
                 np.testing.assert_allclose(got[row], ref, atol=0.06, rtol=0.05)
                 assert tokens[row] == int(np.argmax(got[row]))
                 seqs[seq.request_id].append(tokens[row])
