@@ -13,6 +13,7 @@ import os
 from typing import Any, Mapping
 
 from cgraph.cuda.device import require_device
+from cgraph.cuda.interop import as_cupy
 from cgraph.core.errors import ArgumentError, ArgumentTypeError, NotFoundError
 
 
@@ -97,10 +98,12 @@ class StaticBuffers:
     def fill(self, name: str, src: Any, padded_rows: int | None = None, *, pad: Any = None) -> Any:
         """Copy src into the first len(src) rows and pad rows up to padded_rows; return the view.
 
-        src: a NumPy or CuPy array whose trailing dimensions and dtype match the buffer.
+        src: a NumPy or CuPy array (or a torch / JAX GPU array, read without a copy through
+        DLPack) whose trailing dimensions and dtype match the buffer.
         pad: the padding value (default 0; NaN for float buffers in debug mode).
         """
         arr = self[name]
+        src = as_cupy(src)
         cp = self._cp
         n = int(src.shape[0]) if getattr(src, "ndim", 0) else 0
         if getattr(src, "ndim", None) != arr.ndim or tuple(src.shape[1:]) != arr.shape[1:]:

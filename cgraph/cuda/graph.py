@@ -33,7 +33,7 @@ from cgraph.cuda.pool import GraphPool
 from cgraph.cuda.session import CaptureSession, check_capture_stream
 
 _CAPTURE_HINT = ("Inside a capture, avoid synchronize, .get()/asnumpy, host-to-device copies and "
-                 "cuBLAS (use cgraph.kernels.gemm).")
+                 "cuBLAS (use cgraph.matmul).")
 
 
 def node_count(graph: Any) -> int:

@@ -40,6 +40,7 @@ from cgraph.core.modes import GraphMode
 from cgraph.core.tree import argument_addresses, describe_argument
 from cgraph.cuda.context import as_mode, capture_allowed, current_batch, running
 from cgraph.cuda.graph import capture
+from cgraph.cuda.interop import as_cupy_args
 from cgraph.cuda.pool import GraphPool
 
 
@@ -125,7 +126,11 @@ class Runner:
 
     # --- the hot path -------------------------------------------------------------------
     def run(self, mode: GraphMode, descriptor: BatchDescriptor, *args: Any, **kwargs: Any) -> Any:
-        """Replay, capture, run eagerly or pass through, as the module docstring describes."""
+        """Replay, capture, run eagerly or pass through, as the module docstring describes.
+
+        Top-level torch / JAX GPU arrays among the arguments reach fn as CuPy views of the
+        same memory (cgraph.cuda.interop.as_cupy), so their addresses are checked as usual."""
+        args, kwargs = as_cupy_args(args, kwargs)
         if mode is not self.mode or self.eager:
             return self._call_direct(mode, descriptor, args, kwargs)
         entry = self._entries.get(descriptor)
@@ -139,6 +144,7 @@ class Runner:
         """Like run(), with mode and descriptor from the innermost batch_context (eager if none)."""
         batch = current_batch()
         if batch is None:
+            args, kwargs = as_cupy_args(args, kwargs)
             return self.fn(*args, **kwargs)
         return self.run(batch[0], batch[1], *args, **kwargs)
 

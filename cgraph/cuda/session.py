@@ -15,7 +15,9 @@ for its duration:
    instantiates the graph, :meth:`end_template` ends it without instantiating;
 5. clean-up: on any exit a capture still open is ended and its graph discarded, the
    allocator and stream are restored and the thread state is cleared, so after an
-   exception no stream is left capturing.
+   exception no stream is left capturing; a NotImplementedError raised while capturing
+   (CuPy's refusal of cuBLAS and its other host-API libraries) leaves as CaptureError
+   naming cgraph.matmul.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from cgraph.core.errors import ArgumentError, ArgumentTypeError, StateError
+from cgraph.core.errors import ArgumentError, ArgumentTypeError, CaptureError, StateError
 from cgraph.cuda import callbacks
 from cgraph.cuda import state as _state
 from cgraph.cuda.device import require_device
@@ -150,8 +152,19 @@ class CaptureSession:
             pass
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        refused = isinstance(exc, NotImplementedError) and self._capturing
         self.abort()
         self._unwind()
+        if refused:
+            # CuPy raises NotImplementedError for cuBLAS (matmul, @, dot, tensordot) and its
+            # other host-API libraries while a stream captures: name the capturable calls.
+            raise CaptureError(
+                f"capture {self.name!r}: CuPy refused a call inside the stream capture "
+                f"(NotImplementedError: {exc}). CuPy cannot capture cuBLAS: replace cupy.matmul, "
+                f"`@`, dot and tensordot by cgraph.matmul(a, b) (cuBLASLt, capturable), or "
+                f"cgraph.kernels.gemm for [N, K] weights; cuRAND, cuSOLVER and cuSPARSE calls must "
+                f"run outside the capture"
+            ) from exc
         return False
 
     def _unwind(self) -> None:

@@ -33,6 +33,7 @@ import attrs
 import numpy as np
 
 from cgraph.core.errors import ArgumentError, ArgumentTypeError
+from cgraph.cuda.interop import as_cupy, is_foreign_device_array
 
 FLOATS = ("float16", "bfloat16", "float32")
 HALVES = ("float16", "bfloat16")
@@ -139,8 +140,11 @@ class Spec:
 
         The result depends only on each array's type, shape, strides, dtype and address
         (and `known`), so it is cached on those: the static buffers a step launches on
-        are checked in full once, then looked up.
+        are checked in full once, then looked up. GPU arrays of torch, JAX or another
+        DLPack producer are checked as the CuPy views the launch will pass (no copy).
         """
+        if any(map(is_foreign_device_array, values.values())):
+            values = {name: as_cupy(v) for name, v in values.items()}
         try:
             key = (id(self), tuple(sorted(known.items())) if known else None,
                    *(_fingerprint(values.get(spec.name)) for spec in self.arrays))
