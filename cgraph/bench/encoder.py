@@ -1,16 +1,22 @@
-"""Encoder budget graphs against eager execution on mixed-resolution images.
+"""Encoder budget graphs against eager execution: all images at once, and serving-shaped steps.
 
-`python -m cgraph.bench.encoder [--n 256] [--reps 3]`
+`python -m cgraph.bench.encoder [--n 256] [--reps 3] [--steps 200] [--big-steps 40] [--models bench,qwen2.5-vl]`
 
-For each workload (output tokens per image spread log-uniformly), measured side by side
-in one run on pre-unfolded images (unfolding is excluded from every method):
-- graphs (powers of two): EncoderGraphManager with generate_budgets(min, max);
-- graphs (suggested): the same number of graphs, budgets from suggest_budgets_for_workload;
-- eager per image: the encoder run on one image at a time (no padding);
-- eager packed batch: all images in one varlen forward (no padding, one launch sequence);
-- eager padded batch: all images padded to the largest one, one forward (the classic
-  static batch; timed only when it fits --padded-limit rows, its waste is always reported).
-Padding waste = share of computed output tokens that are padding.
+Methods, measured side by side in one run on pre-unfolded images (unfolding is excluded):
+- eager, one image at a time: the encoder over each image alone (no padding);
+- eager packed: all images of a pass / step in one varlen forward (no padding);
+- graphs: EncoderGraphManager.execute (packing, staging, replays, output copies).
+Workloads:
+- "all N at once" (bench model): N images, tokens log-uniform in a range, encoded in one
+  call (the earlier benchmark, with more budget ladders);
+- "serving" (each model): a stream of steps, each encoding the 1..8 new images of that
+  step (tokens log-uniform in 64..1024: 224x224 to 896x896 pixels at 14x14 patches and a
+  2x2 merger); per-step latency p50 / p99 and images/s. Budgets are suggested from a
+  calibration stream with another seed; "host patches" rows start from NumPy patches
+  (pinned staging for the graphs, pageable upload for eager).
+The breakdown table (encoder_breakdown.{json,md}) gives per step of each path where the
+time goes: host staging, replay launch, replay GPU time, output handling; for eager, the
+host time to issue the kernels against their GPU time.
 """
 
 from __future__ import annotations
@@ -18,138 +24,183 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-
+from cgraph.bench import _encoder_serving as S
 from cgraph.bench.report import add_out_argument, write_results
-from cgraph.core.budgets import (
-    generate_budgets,
-    padding_stats,
-    plan_batches,
-    suggest_budgets_for_workload,
+from cgraph.core.budgets import generate_budgets, plan_batches, suggest_budgets, suggest_budgets_for_workload
+from cgraph.encoder.workload import grid_tokens, mixed_grids, serving_steps
+
+ALL_AT_ONCE = (
+    # name, min tokens, max tokens per image, ladders: (label, min budget, max budget, max batch)
+    ("mixed 16..4096", 16, 4096, (("powers of two 64..4096", 64, 4096, 32),
+                                  ("suggested, max 4096", None, 4096, 32),
+                                  ("suggested, max 16384", None, 16384, 64))),
+    ("small 16..256", 16, 256, (("powers of two 64..2048", 64, 2048, 32),
+                                ("suggested, max 2048", None, 2048, 32),
+                                ("suggested, max 8192", None, 8192, 64))),
 )
-from cgraph.encoder.workload import grid_tokens, make_images, mixed_grids
-
-SPEC = dict(channels=3, patch=8, hidden=128, heads=2, layers=2, mlp=256, merger=256,
-            out_dim=256, max_grid=128)
-
-WORKLOADS = (
-    # name, min tokens, max tokens per image, min budget, max budget, max batch
-    ("mixed 16..4096", 16, 4096, 64, 4096, 32),
-    ("small 16..256", 16, 256, 64, 2048, 32),
-)
+SERVING = dict(min_images=1, max_images=8, min_tokens=64, max_tokens=1024)
+SERVING_MAX_BUDGET, SERVING_GRAPHS = 8192, 10
 
 
-def _time(cp: Any, fn: Callable[[], Any], reps: int) -> float:
-    """Median seconds per call, with a warm-up call first; the device is idle between calls."""
-    fn()
-    cp.cuda.Device().synchronize()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        cp.cuda.Device().synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _row(model: str, workload: str, method: str, times: list[float], images: int, **extra: Any) -> dict:
+    total = sum(times)
+    return {"model": model, "workload": workload, "method": method,
+            "ms_p50": statistics.median(times) * 1e3, "ms_p99": S.percentile(times, 99) * 1e3,
+            "images_per_s": images / total if total else None, **extra}
 
 
-def _padded_batch_fn(cp: Any, model: Any, prepared: list[Any]) -> tuple[Callable[[], Any], int]:
-    """One forward over all images each padded to the largest patch count."""
-    longest = max(p.num_patches for p in prepared)
-    n = len(prepared)
-    patches = cp.zeros((n * longest, model.spec.patch_dim), model.dtype)
-    positions = cp.zeros(n * longest, cp.int32)
-    for i, p in enumerate(prepared):
-        patches[i * longest : i * longest + p.num_patches] = p.patches
-        positions[i * longest : i * longest + p.num_patches] = cp.asarray(p.positions)
-    cu = cp.arange(0, n * longest + 1, longest, dtype=cp.int32)
-    return (lambda: model.forward(patches, positions, cu, longest)), n * longest
+def _speedups(rows: list[dict]) -> None:
+    """vs_packed_p50 / p99: eager packed's latency over each row's (same model, workload)."""
+    packed = {(r["model"], r["workload"]): r for r in rows if r["method"] == "eager packed"}
+    for r in rows:
+        ref = packed.get((r["model"], r["workload"]))
+        if ref:
+            r["vs_packed_p50"] = ref["ms_p50"] / r["ms_p50"]
+            r["vs_packed_p99"] = ref["ms_p99"] / r["ms_p99"]
 
 
-def run(n: int, reps: int, padded_limit: int, seed: int) -> list[dict]:
-    from cgraph.cuda.device import require_device
+def all_at_once(cp: Any, model: Any, n: int, reps: int, seed: int, rows: list, parts: list) -> None:
     from cgraph.encoder.manager import EncoderGraphManager
-    from cgraph.encoder.model import EncoderSpec, VisionEncoder
+
+    for name, lo, hi, ladders in ALL_AT_ONCE:
+        t0 = time.perf_counter()
+        work = f"all {n} at once, {name}"
+        grids = mixed_grids(n, lo, hi, seed=seed, max_side=model.spec.max_grid // 2)
+        tokens = grid_tokens(grids)
+        items = S.device_items(cp, model, grids, seed)
+        one = [[it] for it in items]
+        passes = [items] * reps
+        t = S.time_steps(cp, {"eager, one image at a time": lambda p: [model.encode_batch(s) for s in one],
+                              "eager packed": model.encode_batch}, passes, warm=1)
+        for method, ts in t.items():
+            rows.append(_row("bench", work, method, ts, n, padding_waste=0.0))
+        parts.append({"model": "bench", "workload": work, "method": "eager packed",
+                      **S.eager_breakdown(cp, model.encode_batch, passes)})
+        for label, lo_b, hi_b, max_batch in ladders:
+            budgets = (generate_budgets(lo_b, hi_b) if lo_b else
+                       suggest_budgets_for_workload(tokens, hi_b, max_batch, 7))
+            max_batch = min(max_batch, budgets[0])  # a batch's metadata is sized by the smallest
+            with EncoderGraphManager(model, budgets, max_batch) as mgr:
+                S.check_outputs(cp, model, items[:8], mgr.execute(items[:8]), label)
+                mgr.reset_stats()
+                ts = S.time_steps(cp, {"g": mgr.execute}, passes, warm=1)["g"]
+                st = mgr.stats
+                method = f"graphs, {label}"
+                rows.append(_row("bench", work, method, ts, n, padding_waste=st.padding_waste,
+                                 graphs=len(budgets), replays=st.replays / (reps + 1),
+                                 budgets=" ".join(map(str, budgets))))
+                parts.append({"model": "bench", "workload": work, "method": method,
+                              **S.graph_breakdown(cp, mgr, passes[:1])})
+        print(f"[{work}] {sum(tokens)} output tokens; {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def serving(cp: Any, model: Any, label: str, num_steps: int, seed: int, rows: list, parts: list) -> None:
+    from cgraph.encoder.manager import EncoderGraphManager
+
+    t0 = time.perf_counter()
+    side = model.spec.max_grid // model.spec.merge
+    steps_grids = serving_steps(num_steps, seed=seed, max_side=side, **SERVING)
+    calib = serving_steps(400, seed=seed + 1, max_side=side, **SERVING)
+    totals = [sum(grid_tokens(g)) for g in calib]
+    budgets = suggest_budgets(totals, SERVING_GRAPHS, max_budget=SERVING_MAX_BUDGET)
+    max_batch = SERVING["max_images"]
+    flat = S.device_items(cp, model, [g for step in steps_grids for g in step], seed)
+    steps, k = [], 0
+    for g in steps_grids:
+        steps.append(flat[k : k + len(g)])
+        k += len(g)
+    host_steps = [S.host_items(s) for s in steps]
+    images = len(flat)
+    work = f"serving {num_steps} steps, 1..8 images of 64..1024 tokens"
+    with EncoderGraphManager(model, budgets, max_batch) as mgr:
+        t_cap = time.perf_counter() - t0
+        S.check_outputs(cp, model, steps[0] + host_steps[1], mgr.execute(steps[0] + host_steps[1]), label)
+        mgr.reset_stats()
+        methods = {
+            "eager, one image at a time": lambda s: [model.encode_batch([it]) for it in s],
+            "eager packed": model.encode_batch,
+            "graphs": mgr.execute,
+        }
+        t = S.time_steps(cp, methods, steps)
+        st = mgr.stats
+        waste = st.padding_waste
+        th = S.time_steps(cp, {"eager packed": model.encode_batch, "graphs": mgr.execute}, host_steps)
+        for method, ts in t.items():
+            extra = dict(padding_waste=waste, graphs=len(budgets), budgets=" ".join(map(str, budgets))) \
+                if method == "graphs" else dict(padding_waste=0.0)
+            rows.append(_row(label, work, method, ts, images, **extra))
+        packed_host = _row(label, work + ", host patches", "eager packed", th["eager packed"], images,
+                           padding_waste=0.0)
+        rows.append(packed_host)
+        rows.append(_row(label, work + ", host patches", "graphs", th["graphs"], images, padding_waste=waste,
+                         graphs=len(budgets), budgets=" ".join(map(str, budgets))))
+        sample = steps[: min(len(steps), 20)]
+        parts.append({"model": label, "workload": work, "method": "eager packed",
+                      **S.eager_breakdown(cp, model.encode_batch, sample)})
+        parts.append({"model": label, "workload": work, "method": "graphs", **S.graph_breakdown(cp, mgr, sample)})
+        parts.append({"model": label, "workload": work + ", host patches", "method": "graphs",
+                      **S.graph_breakdown(cp, mgr, host_steps[: len(sample)])})
+    print(f"[{label} {work}] {images} images, {sum(it.tokens for it in flat)} tokens, budgets {budgets}; "
+          f"setup+capture {t_cap:.1f} s, total {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def run(a: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    from cgraph.cuda.device import require_device
+    from cgraph.encoder.model import PRESETS, VisionEncoder
 
     cp = require_device()
-    spec = EncoderSpec(**SPEC)
-    model = VisionEncoder(spec, seed=0)
     rows: list[dict] = []
-    for name, lo, hi, min_budget, max_budget, max_batch in WORKLOADS:
-        grids = mixed_grids(n, lo, hi, seed=seed, max_side=spec.max_grid // 2)
-        tokens = grid_tokens(grids)
-        prepared = [model.prepare(cp.asarray(im)) for im in make_images(grids, spec.channels, spec.patch, seed=seed)]
-        pow2 = generate_budgets(min_budget, max_budget)
-        suggested = suggest_budgets_for_workload(tokens, max_budget, max_batch, len(pow2))
-        real = sum(tokens)
-
-        def row(method: str, seconds: float | None, waste: float, graphs: int | str = "-", **extra: Any) -> dict:
-            return {"workload": name, "method": method,
-                    "ms_per_pass": None if seconds is None else seconds * 1e3,
-                    "images_per_s": None if seconds is None else n / seconds,
-                    "padding_waste": waste, "graphs": graphs, **extra}
-
-        t_eager = _time(cp, lambda: [model.encode(p) for p in prepared], reps)
-        t_packed = _time(cp, lambda: model.encode_batch(prepared), reps)
-        found = []
-        for label, budgets in (("graphs, powers of two", pow2), ("graphs, suggest_budgets", suggested)):
-            with EncoderGraphManager(model, budgets, max_batch) as mgr:
-                # correctness guard for the numbers below: graph outputs equal eager ones
-                check = mgr.execute(prepared[:8])
-                for p, o in zip(prepared[:8], check):
-                    ref = model.encode(p)
-                    err = float(cp.abs(o.astype(cp.float32) - ref.astype(cp.float32)).max())
-                    if not err <= 5e-2:
-                        raise RuntimeError(f"{label}: graph output differs from eager by {err}")
-                mgr.reset_stats()
-                t = _time(cp, lambda: mgr.execute(prepared), reps)
-                s = mgr.stats
-                plan_waste = padding_stats(plan_batches(tokens, budgets, max_batch)).waste
-                assert abs(plan_waste - s.padding_waste) < 1e-9 or s.misses  # stats agree with the plan
-                found.append(row(label, t, s.padding_waste, len(budgets),
-                                 budgets=" ".join(map(str, budgets)), hit_rate=s.hit_rate,
-                                 replays_per_pass=s.replays / (reps + 1)))
-        longest_tokens = max(tokens)
-        padded_waste = 1 - real / (n * longest_tokens)
-        t_padded = None
-        if n * longest_tokens * 4 <= padded_limit:
-            fn, _ = _padded_batch_fn(cp, model, prepared)
-            t_padded = _time(cp, fn, max(1, reps // 2))
-        rows.append(row("eager, one image at a time", t_eager, 0.0))
-        rows.append(row("eager, one packed varlen batch", t_packed, 0.0))
-        rows.append(row("eager, one padded batch", t_padded, padded_waste))
-        rows.extend(found)
-        for r in rows[-5:]:
-            r["speedup_vs_eager_per_image"] = None if r["ms_per_pass"] is None else t_eager * 1e3 / r["ms_per_pass"]
-        print(f"[{name}] {n} images, {real} output tokens, {sum(4 * t for t in tokens)} patches", flush=True)
-    return rows
+    parts: list[dict] = []
+    for label in a.models.split(","):
+        t0 = time.perf_counter()
+        model = VisionEncoder(PRESETS[label], seed=0)
+        print(f"[{label}] model built in {time.perf_counter() - t0:.1f} s", flush=True)
+        if label == "bench" and a.n:
+            all_at_once(cp, model, a.n, a.reps, a.seed, rows, parts)
+        serving(cp, model, label, a.steps if label == "bench" else a.big_steps, a.seed, rows, parts)
+        del model
+        cp.get_default_memory_pool().free_all_blocks()
+    _speedups(rows)
+    return rows, parts
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--n", type=int, default=256, help="images of the all-at-once workloads (0: skip them)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--padded-limit", type=int, default=2_000_000,
-                    help="time the padded batch only when it has at most this many patch rows")
+    ap.add_argument("--steps", type=int, default=200, help="serving steps, bench model")
+    ap.add_argument("--big-steps", type=int, default=40, help="serving steps, qwen2.5-vl model")
+    ap.add_argument("--models", default="bench,qwen2.5-vl")
     ap.add_argument("--seed", type=int, default=0)
     add_out_argument(ap)
     a = ap.parse_args(argv)
-    rows = run(a.n, a.reps, a.padded_limit, a.seed)
-    cols = ["workload", "method", "ms_per_pass", "images_per_s", "speedup_vs_eager_per_image",
-            "padding_waste", "graphs", "hit_rate", "budgets"]
-    write_results(
-        "encoder", rows, columns=cols,
-        title="Encoder budget graphs vs eager on mixed-resolution images",
-        notes=[
-            f"{a.n} images per workload, output tokens log-uniform in the range; model {SPEC}",
-            "ms_per_pass: median of the reps, device synchronised; images pre-unfolded for every method",
-            "eager padded batch: every image padded to the largest (left blank where over --padded-limit)",
-            "graphs: greedy smallest-first packing, max batch 32; suggest_budgets uses as many graphs as powers of two",
-            "target: graphs >= 2x eager one image at a time",
-        ],
-        extra={"args": vars(a)}, out_dir=a.out
-    )
+    rows, parts = run(a)
+    from cgraph.encoder.model import PRESETS
+
+    cols = ["model", "workload", "method", "ms_p50", "ms_p99", "images_per_s", "vs_packed_p50",
+            "vs_packed_p99", "padding_waste", "graphs", "replays", "budgets"]
+    notes = [
+        "ms_p50 / ms_p99: latency per call (one pass of all images, or one serving step), device synchronised",
+        "vs_packed: eager packed latency / this row's (> 1: faster than one packed eager forward)",
+        "images pre-unfolded on the device for every method, except the 'host patches' rows",
+        f"serving: {SERVING}; budgets suggested (at most {SERVING_GRAPHS}, max {SERVING_MAX_BUDGET}) "
+        "from 400 calibration steps of another seed",
+        f"models: {', '.join(f'{k} {v}' for k, v in PRESETS.items() if k in a.models.split(','))}",
+        "targets: serving qwen2.5-vl graphs >= 2x eager packed (p50, p99); all at once >= 1x eager packed",
+    ]
+    write_results("encoder", rows, columns=cols, title="Encoder budget graphs vs eager (one image at a time, packed)",
+                  notes=notes, extra={"args": {k: str(v) for k, v in vars(a).items()}, "breakdown": parts},
+                  out_dir=a.out)
+    pcols = ["model", "workload", "method", "host_issue_ms", "gpu_ms", "prepare_ms", "plan_ms", "stage_ms",
+             "replay_ms", "replay_gpu_ms", "outputs_ms", "eager_ms", "host_total_ms", "replays_per_step"]
+    write_results("encoder_breakdown", parts, columns=pcols, title="Encoder: where the time of a call goes (ms per call)",
+                  notes=["eager: host_issue = host time until the forward returns, gpu = events around it",
+                         "graphs: host ms per phase (prepare: item checks; stage: pinned writes + copies; "
+                         "replay: launch calls; outputs: one copy per batch + views), replay_gpu from events",
+                         "a call is one pass of all images (all at once) or one serving step"],
+                  out_dir=a.out)
 
 
 if __name__ == "__main__":

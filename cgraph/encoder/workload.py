@@ -1,7 +1,9 @@
 """Mixed-resolution image workloads for benchmarks and checks (pure; NumPy only).
 
 A workload is a tuple of output grids (rows, cols) in merged tokens: an image of that grid
-has shape [C, rows * 2 * patch, cols * 2 * patch] and rows * cols output tokens.
+has shape [C, rows * 2 * patch, cols * 2 * patch] (2x2 merger) and rows * cols output
+tokens. A serving workload (:func:`serving_steps`) is a stream of steps, each a tuple of
+grids: the new images one server step encodes.
 """
 
 from __future__ import annotations
@@ -52,8 +54,31 @@ def grid_tokens(grids: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     return tuple(r * c for r, c in grids)
 
 
-def make_images(grids, channels: int, patch: int, *, seed: int = 0, dtype: str = "float16"):
-    """Random host images (NumPy) [channels, rows*2*patch, cols*2*patch] for the grids."""
+def make_images(grids, channels: int, patch: int, *, seed: int = 0, dtype: str = "float16", merge: int = 2):
+    """Random host images (NumPy) [channels, rows*merge*patch, cols*merge*patch] for the grids."""
     rng = np.random.default_rng(seed)
-    step = 2 * patch
+    step = merge * patch
     return [rng.standard_normal((channels, r * step, c * step)).astype(dtype) for r, c in grids]
+
+
+def serving_steps(num_steps: int, *, min_images: int = 1, max_images: int = 8, min_tokens: int = 64,
+                  max_tokens: int = 1024, seed: int = 0,
+                  max_side: int | None = None) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """A stream of `num_steps` server steps, each the output grids of that step's new images.
+
+    Every step encodes the images of the requests that arrived since the last one: a count
+    uniform in [min_images, max_images], each image's tokens log-uniform in
+    [min_tokens, max_tokens] with aspect ratios between about 1:2 and 2:1 (as
+    :func:`mixed_grids`). Deterministic for a seed.
+    """
+    if num_steps < 0 or not 1 <= min_images <= max_images:
+        raise ArgumentError(
+            f"need num_steps >= 0 and 1 <= min_images <= max_images, got num_steps={num_steps}, "
+            f"min_images={min_images}, max_images={max_images}"
+        )
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(min_images, max_images + 1, size=num_steps)
+    grids = mixed_grids(int(counts.sum()), min_tokens, max_tokens, seed=int(rng.integers(1 << 31)),
+                        max_side=max_side)
+    ends = np.cumsum(counts)
+    return tuple(grids[e - c : e] for e, c in zip(ends.tolist(), counts.tolist()))
