@@ -92,6 +92,17 @@ class _NumpyKernels:
         out[...] = R.argmax(logits.astype(np.float32))
         return out
 
+    @staticmethod
+    def sample(logits, params, positions, *, out):
+        from cgraph.core.sampling import unpack_sampling
+        from cgraph.kernels import random_reference as RR
+
+        rows = unpack_sampling(params)
+        bits = RR.row_bits([r[3] for r in rows], positions)
+        out[...] = [RR.sample_row(logits[i].astype(np.float32), t, k, p, b)
+                    for i, ((t, p, k, _), b) in enumerate(zip(rows, bits))]
+        return out
+
 
 class _HostBuffers:
     def __init__(self, specs):
@@ -143,7 +154,7 @@ def numpy_kernels(monkeypatch):
     import cgraph.kernels as K
 
     for name in ("feed_tokens", "embedding", "rms_norm", "rotary_embedding", "gemm", "silu_and_mul",
-                 "reshape_and_cache", "paged_attention", "argmax"):
+                 "reshape_and_cache", "paged_attention", "argmax", "sample"):
         monkeypatch.setattr(K, name, getattr(_NumpyKernels, name))
 
 

@@ -21,7 +21,7 @@ from cgraph.notebook import (PROVENANCE_KEY, NotebookError, cell_source, cell_ta
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["01_quickstart", "02_dispatch", "03_breakable", "04_encoder_budgets", "05_performance"]
+NAMES = ["01_quickstart", "02_dispatch", "03_breakable", "04_encoder_budgets", "05_performance", "06_library_calls"]
 
 
 def _builder():

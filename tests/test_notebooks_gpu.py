@@ -10,7 +10,7 @@ import pytest
 from cgraph.notebook import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_quickstart", "02_dispatch", "03_breakable", "04_encoder_budgets", "05_performance"]
+NAMES = ["01_quickstart", "02_dispatch", "03_breakable", "04_encoder_budgets", "05_performance", "06_library_calls"]
 
 
 @pytest.mark.gpu

@@ -2,10 +2,15 @@
 
 A scheduled batch becomes flat int32 arrays padded to a graph's fixed sizes:
 token ids, positions, slot mapping and token sources over `num_tokens` rows; block
-tables, sequence lengths, query start offsets and logits row indices over `num_seqs`
-rows; and the real sequence count. Padding rows are inert: slot -1 (no KV write),
-position 0, token id 0, token source -1, seq_len 0, query_start_loc repeating its last
-value, logits index 0.
+tables, sequence lengths, query start offsets, logits row indices and sampling parameters
+(cgraph.core.sampling.pack_sampling) over `num_seqs` rows; and the real sequence count.
+Padding rows are inert: slot -1 (no KV write), position 0, token id 0, token source -1,
+seq_len 0, query_start_loc repeating its last value, logits index 0, greedy sampling.
+
+A row's sampling parameters do not change while its request runs, and the position its
+sampler draws at is its seq_len (the position of the token it samples), which the device
+advances with the rest of a decode step's metadata (kernels.advance_decode,
+decode_loop_step): a step whose metadata the host does not rebuild still samples right.
 
 token_source[t] >= 0 says that token t is the token the previous step sampled for its
 row token_source[t] (a decode whose input the host has not read back yet: the model reads
@@ -26,6 +31,7 @@ import numpy as np
 from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
 from cgraph.engine.scheduler import ScheduledBatch
 from cgraph.core.errors import ArgumentError, NotFoundError
+from cgraph.core.sampling import SAMPLING_WIDTH, pack_sampling
 
 
 @attrs.frozen(eq=False)
@@ -40,6 +46,7 @@ class BatchMetadata:
     seq_lens: np.ndarray         # [num_seqs]
     query_start_loc: np.ndarray  # [num_seqs + 1]
     logits_indices: np.ndarray   # [num_seqs]: row of each sequence's last query token
+    sampling: np.ndarray         # [num_seqs, SAMPLING_WIDTH]: packed sampling parameters
     num_seqs: int                # real sequences (rows past it are padding)
     num_tokens: int              # real tokens
 
@@ -91,11 +98,12 @@ def build_metadata(batch: ScheduledBatch, *, num_tokens: int, num_seqs: int,
     lens[:n_seq] = ends
     logit_rows = np.zeros(num_seqs, np.int32)
     logit_rows[:n_seq] = qsl[1:n_seq + 1] - 1
-    return BatchMetadata(ids, pos, slots, source, tables, lens, qsl, logit_rows, n_seq, n_tok)
+    sampling = pack_sampling([s.sampling for s in seqs], num_seqs)
+    return BatchMetadata(ids, pos, slots, source, tables, lens, qsl, logit_rows, sampling, n_seq, n_tok)
 
 
 _FIELDS = ("input_ids", "positions", "slot_mapping", "token_source", "logits_indices", "seq_lens",
-           "query_start_loc", "num_seqs", "block_tables")
+           "query_start_loc", "num_seqs", "sampling", "block_tables")
 _ALIGN = 32  # elements: every field starts 128-byte aligned
 
 
@@ -119,6 +127,8 @@ def _slices(layout: "MetadataLayout", num_tokens: int, num_seqs: int) -> tuple[t
             shape = (1,)
         elif name == "block_tables":
             shape = (num_seqs, layout.max_blocks)
+        elif name == "sampling":
+            shape = (num_seqs, SAMPLING_WIDTH)
         else:
             shape = (num_seqs,)
         o = layout.offset(name)
@@ -143,7 +153,7 @@ class MetadataLayout:
             return self.max_tokens
         caps = {"logits_indices": self.max_seqs, "seq_lens": self.max_seqs,
                 "query_start_loc": self.max_seqs + 1, "num_seqs": 1,
-                "block_tables": self.max_seqs * self.max_blocks}
+                "sampling": self.max_seqs * SAMPLING_WIDTH, "block_tables": self.max_seqs * self.max_blocks}
         if name not in caps:
             raise NotFoundError(f"unknown metadata field {name!r}; fields: {_FIELDS}")
         return caps[name]

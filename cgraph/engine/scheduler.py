@@ -32,23 +32,33 @@ from typing import Hashable, Sequence
 import attrs
 
 from cgraph.engine.blocks import BlockAllocator
-from cgraph.core.errors import ArgumentError, StateError
+from cgraph.core.errors import ArgumentError, ArgumentTypeError, StateError
+from cgraph.core.sampling import GREEDY, SamplingParams
 
 
 def _token_tuple(value: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(t) for t in value)
 
 
+def _sampling(value: SamplingParams) -> SamplingParams:
+    if not isinstance(value, SamplingParams):
+        raise ArgumentTypeError(f"sampling must be a cgraph.SamplingParams, got {type(value).__name__} "
+                                f"{value!r}; pass e.g. SamplingParams(temperature=0.8, top_p=0.95, seed=1)")
+    return value
+
+
 @attrs.frozen
 class Request:
-    """A generation request: prompt token ids, how many tokens to generate at most, and
-    the token ids that end it early (an end-of-sequence id; the stop token is kept as the
-    request's last output token)."""
+    """A generation request: prompt token ids, how many tokens to generate at most, the
+    token ids that end it early (an end-of-sequence id; the stop token is kept as the
+    request's last output token), and how it picks tokens (greedy by default; see
+    cgraph.core.sampling: a sampled token depends only on the seed and its position)."""
 
     request_id: Hashable
     prompt: tuple[int, ...] = attrs.field(converter=_token_tuple)
     max_new_tokens: int = 16
     stop_token_ids: tuple[int, ...] = attrs.field(default=(), converter=_token_tuple)
+    sampling: SamplingParams = attrs.field(default=GREEDY, converter=_sampling)
 
     def __attrs_post_init__(self) -> None:
         if not self.prompt:
@@ -83,6 +93,7 @@ class ScheduledSeq:
     block_ids: tuple[int, ...]
     source_row: int = -1
     stop_token_ids: tuple[int, ...] = ()
+    sampling: SamplingParams = GREEDY
 
     @property
     def query_len(self) -> int:
@@ -91,22 +102,21 @@ class ScheduledSeq:
 
 @attrs.frozen
 class ScheduledBatch:
-    """The sequences of one step, decodes first, then prefills."""
+    """The sequences of one step, decodes first, then prefills.
+
+    num_tokens and max_query_len are counted once, at construction: the engine's host loop
+    asks for them several times a step, and a batch has up to max_num_seqs sequences."""
 
     seqs: tuple[ScheduledSeq, ...]
     num_decodes: int
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.query_len for s in self.seqs)
+    num_tokens: int = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: sum(len(s.token_ids) for s in self.seqs), takes_self=True))
+    max_query_len: int = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+        lambda self: max((len(s.token_ids) for s in self.seqs), default=0), takes_self=True))
 
     @property
     def num_prefills(self) -> int:
         return len(self.seqs) - self.num_decodes
-
-    @property
-    def max_query_len(self) -> int:
-        return max(s.query_len for s in self.seqs)
 
     @property
     def uniform_decode(self) -> bool:
@@ -189,7 +199,7 @@ class Scheduler:
             raise StateError("schedule() called twice without update(); feed back the sampled "
                                "tokens of the previous batch first")
         seqs = [ScheduledSeq(r.request.request_id, (r.last_token(),), r.num_computed, r.block_ids, r.row,
-                             r.request.stop_token_ids) for r in self._running]
+                             r.request.stop_token_ids, r.request.sampling) for r in self._running]
         budget = self.max_num_batched_tokens - len(seqs)
         num_decodes = len(seqs)
         while self._waiting and len(self._running) < self.max_num_seqs:
@@ -201,7 +211,7 @@ class Scheduler:
             self._running.append(run)
             self._recording[req.request_id] = run
             seqs.append(ScheduledSeq(req.request_id, req.prompt, 0, run.block_ids,
-                                     stop_token_ids=req.stop_token_ids))
+                                     stop_token_ids=req.stop_token_ids, sampling=req.sampling))
             budget -= len(req.prompt)
         if not seqs:
             return None

@@ -34,6 +34,7 @@ class ForwardInputs:
     query_start_loc: Any  # [S+1] int32
     num_seqs: Any         # [1] int32: real sequences (read on device)
     logits_indices: Any   # [S] int32: row of each sequence's last token
+    sampling: Any = None  # [S, SAMPLING_WIDTH] int32 (cgraph.core.sampling); None: every row greedy
 
 
 @attrs.frozen(eq=False)
@@ -55,7 +56,7 @@ class Workspace:
     act: Any          # [T, I]
     last: Any         # [S, H] hidden rows of each sequence's last token
     logits: Any       # [S, V]
-    next_tokens: Any  # [S] int32: greedy samples (the step's output)
+    next_tokens: Any  # [S] int32: sampled tokens (the step's output)
     sampled: Any      # [max_seqs] int32: the previous step's samples (the caller copies next_tokens here)
 
 
@@ -167,7 +168,11 @@ class LlamaModel:
 
     def forward(self, inp: ForwardInputs, ws: Workspace, kv_cache: list[tuple[Any, Any]], *,
                 max_query_len: int) -> Any:
-        """One step: logits of each sequence's last token, greedy ids into ws.next_tokens.
+        """One step: logits of each sequence's last token, sampled ids into ws.next_tokens.
+
+        Each row samples with its parameters in inp.sampling (greedy rows: the argmax, as
+        with inp.sampling None) at the position of the token it samples, inp.seq_lens[row]
+        (cgraph.kernels.sample: a token depends on its request's seed and position only).
 
         First every input id whose token_source is a row (>= 0) is replaced, in place, by
         ws.sampled[row]: the token that row sampled in the previous step (-1 keeps the id).
@@ -203,5 +208,8 @@ class LlamaModel:
         # gather each sequence's last row (embedding is a row gather over the T hidden rows)
         K.embedding(inp.logits_indices, ws.hidden, out=ws.last)
         K.gemm(ws.last, self.lm_head, out=ws.logits)
-        K.argmax(ws.logits, out=ws.next_tokens)
+        if inp.sampling is None:
+            K.argmax(ws.logits, out=ws.next_tokens)
+        else:
+            K.sample(ws.logits, inp.sampling, inp.seq_lens, out=ws.next_tokens)
         return ws.next_tokens
