@@ -8,7 +8,10 @@ Llama-3.2-1B's shapes) at batch 1, 8, 32, 128.
   measured in the same run as (bytes read + bytes written) / time of a 1 GiB copy;
 - PyTorch on the same device, same architecture and weights: plain torch ops, eager and
   captured with torch.cuda.CUDAGraph (paged KV gathered per layer, then
-  scaled_dot_product_attention with a length mask).
+  scaled_dot_product_attention with a length mask);
+- the strong torch peer (cgraph.bench.torch_peer): a gpt-fast-style decoder with a static
+  KV cache compiled by torch.compile(mode="reduce-overhead"), on the same batch and KV,
+  with its compile time and how many of its greedy tokens equal FULL's.
 
 A step's time is the median over rounds of (time of `iters` back-to-back steps) / iters,
 timed with device events; every sequence decodes at position `--context` (so each step
@@ -233,7 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--context", type=int, default=512, help="KV entries before the decoded token")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="measure no torch at all")
+    ap.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--torch-autotune", action="store_true",
+                    help='compile the peer with mode="max-autotune" (slow to compile)')
+    ap.add_argument("--torch-gqa", choices=("fold", "enable", "repeat"), default="fold",
+                    help="how the peer's attention shares KV heads (see cgraph.bench.torch_peer)")
+    ap.add_argument("--torch-dynamic", action="store_true",
+                    help="compile the peer once with a dynamic batch dimension (default: once per batch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--breakdown", action="store_true",
                     help="also time each op of the step (notebooks/results/decode_breakdown.*)")
@@ -259,6 +269,16 @@ def main(argv: list[str] | None = None) -> None:
                        max_num_batched_tokens=top)
     bw = copy_bandwidth(cp)
     rows, meta_by_batch, breakdown = [], {}, []
+    peer, peer_note = None, "torch.compile peer not measured (--no-torch-compile)"
+    if not (a.no_torch or a.no_torch_compile):
+        try:
+            from cgraph.bench import torch_peer
+
+            peer = torch_peer.TorchPeer(cfg, w, gqa=a.torch_gqa, dynamic=a.torch_dynamic,
+                                        mode="max-autotune" if a.torch_autotune else "reduce-overhead")
+            peer_note = torch_peer.describe(peer)
+        except ImportError as exc:
+            peer_note = f"torch.compile peer not measured: {exc}"
     with Engine(model, gcfg, num_kv_blocks=top * per_seq) as eng:
         for k_cache, v_cache in eng.kv_cache:  # random keys and values: real data, not zeros
             k_cache[...] = cp.random.standard_normal(k_cache.shape, dtype=cp.float32).astype(cfg.dtype)
@@ -293,13 +313,27 @@ def main(argv: list[str] | None = None) -> None:
                 toks.append(plain.outputs.get()[:batch].tolist())
             finally:
                 plain.close()
+            peer_cols = {}
+            if peer is not None:
+                eng.run_forward(batch, batch, 1)  # cgraph's eager logits, to compare the peer's with
+                eager_logits = eng.views_for(batch, batch)[1].logits[:batch].get().astype(np.float32)
+                cp.cuda.get_current_stream().synchronize()
+                try:
+                    peer_cols = torch_peer.measure_batch(
+                        peer, eng.kv_cache, meta_by_batch[batch].block_tables[:batch], meta.input_ids[:batch],
+                        meta.positions[:batch], a.context, BLOCK_SIZE, np.asarray(toks[1]), eager_logits,
+                        a.iters, a.rounds)
+                    peer_cols["full/torch_compile"] = t_full * 1e6 / peer_cols["torch_compile_us"]
+                except Exception as exc:  # noqa: BLE001 - report why the peer could not be measured
+                    peer, peer_note = None, f"torch.compile peer failed at batch {batch}: {type(exc).__name__}: {exc}"
+                    print(peer_note, flush=True)
             kv_bytes = batch * (a.context + 1) * cfg.num_layers * 2 * cfg.kv_size * 2
             floor = (model.weight_bytes + kv_bytes) / bw
             rows.append({"batch": batch, "none_us": t_none * 1e6, "full_us": t_full * 1e6,
                          "full_no_pdl_us": t_plain * 1e6, "pdl_gain": t_plain / t_full,
                          "piecewise_us": t_piece * 1e6, "none/full": t_none / t_full,
                          "floor_us": floor * 1e6, "full/floor": t_full / floor,
-                         "same_tokens": all(t == toks[0] for t in toks)})
+                         "same_tokens": all(t == toks[0] for t in toks), **peer_cols})
             if a.breakdown:
                 ops = op_breakdown(cp, eng, batch, a.context)
                 ops.append({"batch": batch, "op": "sum of ops (estimate)", "us": "", "per_step": "",
@@ -333,10 +367,13 @@ def main(argv: list[str] | None = None) -> None:
         "captured with it off (pdl_gain = full_no_pdl_us / full_us); same_tokens covers all four",
         torch_note + "; torch attention gathers the paged KV per layer then runs "
         "scaled_dot_product_attention with a length mask; fused qkv and gate/up matmuls (cuBLAS), F.rms_norm",
+        peer_note + "; full/torch_compile = FULL step / peer step; peer_tokens_equal: share of rows whose "
+        "greedy token equals FULL's; peer_logit_diff: max |peer logits - cgraph eager logits|",
     ]
     cols = ["batch", "none_us", "piecewise_us", "full_us", "full_no_pdl_us", "pdl_gain", "none/full", "floor_us",
             "full/floor",
-            "torch_eager_us", "torch_graph_us", "full/torch_graph", "same_tokens"]
+            "torch_eager_us", "torch_graph_us", "full/torch_graph", "torch_compile_us", "torch_compile_s",
+            "full/torch_compile", "peer_tokens_equal", "peer_logit_diff", "same_tokens"]
     if breakdown:
         write_results("decode_breakdown" + suffix, breakdown, title="Decode step by op (graph-timed, GPU time)",
                       notes=[f"bandwidth column: bytes of weights (gemm) or KV read (attention) / time; "
