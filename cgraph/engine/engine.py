@@ -1,4 +1,4 @@
-"""The engine: scheduler -> metadata -> static buffers -> dispatch -> runner -> greedy tokens.
+"""The engine: scheduler -> metadata -> static buffers -> dispatch -> runner -> sampled tokens.
 
 One step:
 1. the scheduler forms a batch (uniform decode, or mixed prefill + decode);
@@ -10,8 +10,10 @@ One step:
    segments (attention runs eagerly between them), NONE steps call the forward directly;
    the forward first feeds each decode the token its request sampled in the previous
    step, from the device (so the host never waits for a token to go on);
-5. one kernel keeps the greedy tokens for the next step's feed and writes them into
-   pinned host memory, read behind an event.
+5. each row samples its token in the forward (greedy argmax by default; a request's
+   SamplingParams otherwise, drawn at its seed and the token's position, so every mode
+   samples what eager does); one kernel keeps the tokens for the next step's feed and
+   writes them into pinned host memory, read behind an event.
 
 `generate` overlaps the host with the GPU (cgraph.engine.loop): while step N runs, the
 host schedules and enqueues step N+1 and reads tokens only when it needs them. Every
@@ -276,7 +278,7 @@ class Engine:
         self.decode_loop.launch(mode, desc, seq_rows)
 
     def step(self, batch: ScheduledBatch, *, eager: bool = False) -> tuple[list[int], StepRecord]:
-        """Run one scheduled batch and wait for it; return each sequence's greedy token and
+        """Run one scheduled batch and wait for it; return each sequence's sampled token and
         the step record (with its GPU time)."""
         t0 = time.perf_counter()
         inflight = enqueue_step(self, batch, self.slots[0], eager=eager)
@@ -286,7 +288,7 @@ class Engine:
         return tokens, record
 
     def generate(self, requests: Iterable[Request], *, overlap: bool | None = None) -> GenerationResult:
-        """Serve every request to completion; greedy tokens per request id (max_new_tokens
+        """Serve every request to completion; sampled tokens per request id (max_new_tokens
         of them, or fewer, ending with a stop token, when one of the request's
         stop_token_ids is sampled).
 

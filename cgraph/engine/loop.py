@@ -120,8 +120,11 @@ def enqueue_step(engine: Any, batches: ScheduledBatch | list[ScheduledBatch], sl
     elif batch.uniform_decode and previous == ("step", ids, padded):
         inputs, _ = engine.views_for(padded, seq_rows)
         slot.start.record(stream)
-        K.advance_decode(inputs.positions, inputs.seq_lens, inputs.slot_mapping, inputs.token_source,
-                         inputs.block_tables, inputs.num_seqs, block_size=BLOCK_SIZE, stream=stream)
+        # token i is sequence i: only the first seq_rows token rows can be live (a step
+        # padded past max_num_seqs keeps its padding rows as the last step left them)
+        K.advance_decode(inputs.positions[:seq_rows], inputs.seq_lens, inputs.slot_mapping[:seq_rows],
+                         inputs.token_source[:seq_rows], inputs.block_tables, inputs.num_seqs,
+                         block_size=BLOCK_SIZE, stream=stream)
     else:
         meta = build_metadata(batch, num_tokens=padded, num_seqs=seq_rows, max_blocks=engine.max_blocks)
         used = engine.layout.pack(meta, slot.staging)
