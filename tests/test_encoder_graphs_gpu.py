@@ -119,6 +119,13 @@ def test_bad_items_are_refused_on_the_host(cp, model):
             mgr.execute([im, bad_pos])
         with pytest.raises(TypeError, match="float16"):
             mgr.execute([bad_dtype])
+        neg = attrs.evolve(im, positions=np.where(np.arange(im.positions.size) == 1, -1, im.positions)
+                           .astype(np.int32))
+        with pytest.raises(ValueError, match="-1"):
+            mgr.execute([im, neg])
+        for _ in range(3):  # the refused batches left every pinned slot safe to copy again
+            (out,) = mgr.execute([im])
+            _close(out, model.encode(im))
 
 
 class RowEncoder:

@@ -72,6 +72,11 @@ def test_check_item_accepts_good_items_and_names_each_fault():
         check_item(_Item(good.patches, np.array([-1, 1, 2, 3, 4, 5, 6, 7], np.int32), 2), LAYOUT, np.float16, 0)
     with pytest.raises(ArgumentError, match="positions"):
         check_item(_Item(good.patches, np.arange(7, dtype=np.int32), 2), LAYOUT, np.float16, 0)
+    with pytest.raises(ArgumentError, match="int32"):
+        check_item(_Item(good.patches, np.arange(8, dtype=np.int64), 2), LAYOUT, np.float16, 0)
+    # the manager checks the id range per batch while staging: check_bounds=False skips it here
+    assert check_item(_Item(good.patches, np.full(8, 100, np.int32), 2), LAYOUT, np.float16, 0,
+                      check_bounds=False) == 8
 
 
 class _Encoder:

@@ -35,13 +35,14 @@ ALL_AT_ONCE = (
     # name, min tokens, max tokens per image, ladders: (label, min budget, max budget, max batch)
     ("mixed 16..4096", 16, 4096, (("powers of two 64..4096", 64, 4096, 32),
                                   ("suggested, max 4096", None, 4096, 32),
-                                  ("suggested, max 16384", None, 16384, 64))),
+                                  ("suggested, max 16384", None, 16384, 64),
+                                  ("suggested, max 65536", None, 65536, 64))),
     ("small 16..256", 16, 256, (("powers of two 64..2048", 64, 2048, 32),
                                 ("suggested, max 2048", None, 2048, 32),
                                 ("suggested, max 8192", None, 8192, 64))),
 )
 SERVING = dict(min_images=1, max_images=8, min_tokens=64, max_tokens=1024)
-SERVING_MAX_BUDGET, SERVING_GRAPHS = 8192, 10
+SERVING_MAX_BUDGET, SERVING_GRAPHS = 8192, 24
 
 
 def _row(model: str, workload: str, method: str, times: list[float], images: int, **extra: Any) -> dict:
@@ -194,10 +195,11 @@ def main(argv: list[str] | None = None) -> None:
                   notes=notes, extra={"args": {k: str(v) for k, v in vars(a).items()}, "breakdown": parts},
                   out_dir=a.out)
     pcols = ["model", "workload", "method", "host_issue_ms", "gpu_ms", "prepare_ms", "plan_ms", "stage_ms",
-             "replay_ms", "replay_gpu_ms", "outputs_ms", "eager_ms", "host_total_ms", "replays_per_step"]
+             "stage_wait_ms", "replay_ms", "replay_gpu_ms", "outputs_ms", "eager_ms", "host_total_ms", "replays_per_step"]
     write_results("encoder_breakdown", parts, columns=pcols, title="Encoder: where the time of a call goes (ms per call)",
                   notes=["eager: host_issue = host time until the forward returns, gpu = events around it",
-                         "graphs: host ms per phase (prepare: item checks; stage: pinned writes + copies; "
+                         "graphs: host ms per phase (prepare: item checks; stage: pinned writes + copies, "
+                         "stage_wait: waiting for a pinned slot the GPU has not read yet; "
                          "replay: launch calls; outputs: one copy per batch + views), replay_gpu from events",
                          "a call is one pass of all images (all at once) or one serving step"],
                   out_dir=a.out)

@@ -76,14 +76,15 @@ def check_encoder(model: Any) -> EncoderLayout:
     return layout
 
 
-def check_item(item: Any, layout: EncoderLayout, dtype: Any, index: int) -> int:
+def check_item(item: Any, layout: EncoderLayout, dtype: Any, index: int, *, check_bounds: bool = True) -> int:
     """Input rows of a prepared item, after checking it can be staged safely.
 
     Checks (host only; nothing reads device memory): patches is a C-contiguous NumPy or
     device array [rows, patch_dim] of `dtype`; rows is a positive multiple of
-    rows_per_token and equals tokens * rows_per_token; positions is a NumPy int array
+    rows_per_token and equals tokens * rows_per_token; positions is a NumPy int32 array
     [rows] with every id in [0, position_limit) (an id out of range would make the
-    position lookup read outside its table).
+    position lookup read outside its table). check_bounds=False leaves the id range to
+    the caller (the manager checks a whole batch's ids at once while staging it).
     """
     patches, positions = getattr(item, "patches", None), getattr(item, "positions", None)
     shape = getattr(patches, "shape", None)
@@ -105,15 +106,16 @@ def check_item(item: Any, layout: EncoderLayout, dtype: Any, index: int) -> int:
             f"image {index}: {rows} patch rows and tokens={tokens!r}; expected a positive multiple "
             f"of rows_per_token={rpt} rows and tokens = rows / {rpt}"
         )
-    if not isinstance(positions, np.ndarray) or positions.shape != (rows,) or positions.dtype.kind not in "iu":
+    if not isinstance(positions, np.ndarray) or positions.shape != (rows,) or positions.dtype != np.int32:
         raise ArgumentError(
-            f"image {index}: positions must be a NumPy int array of shape ({rows},), got "
-            f"{type(positions).__name__} {getattr(positions, 'shape', None)}"
+            f"image {index}: positions must be a NumPy int32 array of shape ({rows},), got "
+            f"{type(positions).__name__} {getattr(positions, 'dtype', '')} {getattr(positions, 'shape', None)}"
         )
-    lo, hi = int(positions.min()), int(positions.max())
-    if lo < 0 or hi >= layout.position_limit:
-        raise ArgumentError(
-            f"image {index}: position ids span [{lo}, {hi}], outside [0, {layout.position_limit}); "
-            "the encoder's position table is that large (EncoderSpec.max_grid)"
-        )
+    if check_bounds:
+        lo, hi = int(positions.min()), int(positions.max())
+        if lo < 0 or hi >= layout.position_limit:
+            raise ArgumentError(
+                f"image {index}: position ids span [{lo}, {hi}], outside [0, {layout.position_limit}); "
+                "the encoder's position table is that large (EncoderSpec.max_grid)"
+            )
     return rows

@@ -19,12 +19,14 @@ debug mode they are set to NaN, so a leak would show in real outputs.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from cgraph.core.encoder_layout import BatchOffsets, EncoderLayout, staging_layout
+from cgraph.core.errors import ArgumentError
 from cgraph.cuda.device import require_device
 
 _H2D, _D2D = 1, 3  # cudaMemcpyKind
@@ -54,6 +56,7 @@ class BatchStager:
                                                                                        disable_timing=True)))
         self._next = 0
         self._recorded = [False] * len(self._slots)
+        self.wait_seconds = 0.0  # host time spent waiting for a slot (the device was behind)
 
     def _views(self, xp: Any, buf: Any) -> tuple[Any, Any, Any]:
         r = self.region
@@ -76,14 +79,17 @@ class BatchStager:
         self._next = (k + 1) % len(self._slots)
         mem, _, cu, pos, pat, event = self._slots[k]
         if self._recorded[k]:
+            t0 = time.perf_counter()
             event.synchronize()  # the device has read this slot's previous batch
+            self.wait_seconds += time.perf_counter() - t0
         rows = offsets.rows
         cu[:] = offsets.cu_seqlens
         on_device = []
         if len(items) == 1:
             pos[:rows] = items[0].positions
         else:
-            np.concatenate([it.positions for it in items], out=pos[:rows], casting="unsafe")
+            np.concatenate([it.positions for it in items], out=pos[:rows])
+        self._check_positions(pos, items, offsets)
         for it, start in zip(items, offsets.row_starts):
             if isinstance(it.patches, np.ndarray):
                 pat[start : start + it.patches.shape[0]] = it.patches
@@ -100,6 +106,22 @@ class BatchStager:
                                         _D2D, stream.ptr)
         if self.debug and padded_rows > rows:
             self.patches[rows:padded_rows].fill(float("nan"))
+
+    def _check_positions(self, pos: np.ndarray, items: Sequence[Any], offsets: BatchOffsets) -> None:
+        """Every position id of the batch in [0, position_limit), checked once per batch on
+        the host: an id out of range would make the position lookup read outside its table."""
+        rows, limit = offsets.rows, self.layout.position_limit
+        lo, hi = int(pos[:rows].min()), int(pos[:rows].max())
+        if lo >= 0 and hi < limit:
+            return
+        pos[:] = 0  # the slot's unused ids are copied with the next batch: keep them valid
+        for it, start in zip(items, offsets.row_starts):
+            bad = it.positions[(it.positions < 0) | (it.positions >= limit)]
+            if bad.size:
+                raise ArgumentError(
+                    f"an image's position ids include {int(bad[0])}, outside [0, {limit}); the "
+                    "encoder's position table is that large (EncoderSpec.max_grid)"
+                )
 
     @property
     def nbytes(self) -> int:
