@@ -36,7 +36,7 @@ ALL_AT_ONCE = (
     ("mixed 16..4096", 16, 4096, (("powers of two 64..4096", 64, 4096, 32),
                                   ("suggested, max 4096", None, 4096, 32),
                                   ("suggested, max 16384", None, 16384, 64),
-                                  ("suggested, max 65536", None, 65536, 64))),
+                                  ("suggested, max 32768", None, 32768, 64))),
     ("small 16..256", 16, 256, (("powers of two 64..2048", 64, 2048, 32),
                                 ("suggested, max 2048", None, 2048, 32),
                                 ("suggested, max 8192", None, 8192, 64))),
