@@ -135,11 +135,24 @@ __device__ u64 radix_threshold(int n, u64 target, int top_shift, F elem, u64* hi
   for (int shift = top_shift; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
+    // a thread's elements mostly fall into one bin (most weights are far below the top
+    // one): it adds runs of equal bins in a register and flushes a run with one atomic,
+    // instead of every element contending for the same shared-memory word
+    int run_bin = -1;
+    u64 run = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
       u64 key, w;
       elem(i, key, w);
-      if (w != 0 && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], w);
+      if (w == 0 || (key & mask) != prefix) continue;
+      const int b = (int)((key >> shift) & 255);
+      if (b != run_bin) {
+        if (run != 0) atomicAdd(&hist[run_bin], run);
+        run_bin = b;
+        run = 0;
+      }
+      run += w;
     }
+    if (run != 0) atomicAdd(&hist[run_bin], run);
     __syncthreads();
     if (threadIdx.x == 0) {
       int b = 255;
