@@ -52,6 +52,7 @@ def measure(cp: Any, cgraph: Any, timer: Timer, model: str, layer: str, n: int, 
     x, w = random_array(cp, (m, k), cp.float16), random_array(cp, (n, k), cp.float16, scale=k ** -0.5)
     out = cp.empty((m, n), cp.float16)
     stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()  # the inputs were made on another stream: finish them first
     row: dict[str, Any] = {"model": model, "layer": layer, "M": m, "N": n, "K": k}
     with stream:
         def eager() -> None:

@@ -45,6 +45,8 @@ from cgraph.cuda.session import is_capturing
 _INSTALL = "pip install 'cgraph-cupy[cuda13]' (or '[cuda12]' for a CUDA 12 driver)"
 _PLANS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _PLAN_CAP = 512  # least recently used plans are freed past this many
+#: hand cuBLASLt the transposed problem, so its output is column-major (see _operands)
+COLUMN_MAJOR = True
 
 
 @functools.cache
@@ -177,6 +179,11 @@ def _operands(cp: Any, a: Any, b: Any, out: Any) -> tuple[Any, Any, Any]:
     if a.ndim == 3 and b.ndim == 2 and a.strides[0] == a.shape[1] * a.strides[1] and a.strides[2] == a.itemsize:
         a = a.reshape(a.shape[0] * a.shape[1], a.shape[2])  # rows of every batch are one matrix
         d = d.reshape(a.shape[0], d.shape[-1])
+    if COLUMN_MAJOR:
+        # d = a @ b  <=>  d.T = b.T @ a.T: handed over this way, cuBLASLt writes a
+        # column-major D (its native order, the layout cuBLAS itself uses) instead of a
+        # row-major one, for which its heuristics pick slower kernels at large sizes.
+        a, b, d = b.swapaxes(-1, -2), a.swapaxes(-1, -2), d.swapaxes(-1, -2)
     return a, b, d
 
 
