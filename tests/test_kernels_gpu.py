@@ -82,6 +82,40 @@ def test_rotary_in_place_on_strided_qkv_views(cp, dt, head, hq, hk):
 
 
 @pytest.mark.parametrize("dt", ALL_DTYPES)
+@pytest.mark.parametrize("head, hq, hk", [(128, 4, 2), (64, 32, 8), (10, 3, 1)])
+def test_rotary_and_cache_equals_rotary_then_cache_write_bit_for_bit(cp, dt, head, hq, hk):
+    """The fused launch against the two launches it replaces, on strided views of one qkv
+    buffer: padding positions (q and k untouched, k still cached), skipped slots (-1, past
+    the cache), poisoned caches elsewhere kept as they were."""
+    t, max_pos, nb, bs = 19, 300, 6, 16
+    qkv_h = round_host(rand((t, (hq + 2 * hk) * head)), dt)
+    pos_h = RNG.integers(0, max_pos, size=t).astype(np.int32)
+    pos_h[[3, 11]] = [-1, max_pos]
+    slots_h = RNG.permutation(nb * bs)[:t].astype(np.int32)
+    slots_h[[5, 11]] = [-1, nb * bs + 3]
+    cache = K.make_cos_sin_cache(max_pos, head)
+    kc_h, vc_h = round_host(rand((nb, bs, hk, head)), dt), round_host(rand((nb, bs, hk, head)), dt)
+    results = []
+    for fused in (False, True):
+        qkv, kc, vc = dev(cp, qkv_h, dt), dev(cp, kc_h, dt), dev(cp, vc_h, dt)
+        q = qkv[:, : hq * head]
+        k = qkv[:, hq * head:(hq + hk) * head]
+        k3, v3 = (cp.lib.stride_tricks.as_strided(x, shape=(t, hk, head), strides=(qkv.strides[0], head * x.itemsize,
+                                                                                   x.itemsize))
+                  for x in (k, qkv[:, (hq + hk) * head:]))
+        pos, slots = cp.asarray(pos_h), cp.asarray(slots_h)
+        if fused:
+            K.rotary_and_cache(pos, q, k3, v3, cache, kc, vc, slots)
+        else:
+            K.rotary_embedding(pos, q, k, cache, head_size=head)
+            K.reshape_and_cache(k3, v3, kc, vc, slots)
+        results.append((host(qkv), host(kc), host(vc)))
+    for what, a, b in zip(("qkv", "k_cache", "v_cache"), *results):
+        np.testing.assert_array_equal(b, a, err_msg=f"{what}: fused vs two launches, seed={SEED}")
+    assert not np.array_equal(results[1][1], kc_h), "the fused launch wrote the cache"
+
+
+@pytest.mark.parametrize("dt", ALL_DTYPES)
 @pytest.mark.parametrize("t, inter", [(1, 8), (37, 11008), (5, 13), (70000, 8)])
 def test_silu_and_mul_matches_reference(cp, dt, t, inter):
     x_h = round_host(rand((t, 2 * inter), 2.0), dt)

@@ -77,6 +77,13 @@ class _NumpyKernels:
         k_cache[...], v_cache[...] = kc, vc
 
     @staticmethod
+    def rotary_and_cache(positions, q, k, v, cache, k_cache, v_cache, slot_mapping):
+        """The fused launcher's contract: rotary_embedding, then reshape_and_cache."""
+        t, hkv, d = k.shape
+        _NumpyKernels.rotary_embedding(positions, q, k.reshape(t, hkv * d), cache, head_size=d)
+        _NumpyKernels.reshape_and_cache(k, v, k_cache, v_cache, slot_mapping)
+
+    @staticmethod
     def paged_attention(q, k_cache, v_cache, *, out, block_tables, seq_lens, query_start_loc,
                         num_seqs, max_query_len, scale):
         n = int(num_seqs[0])
@@ -154,7 +161,7 @@ def numpy_kernels(monkeypatch):
     import cgraph.kernels as K
 
     for name in ("feed_tokens", "embedding", "rms_norm", "rotary_embedding", "gemm", "silu_and_mul",
-                 "reshape_and_cache", "paged_attention", "argmax", "sample"):
+                 "reshape_and_cache", "rotary_and_cache", "paged_attention", "argmax", "sample"):
         monkeypatch.setattr(K, name, getattr(_NumpyKernels, name))
 
 

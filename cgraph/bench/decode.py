@@ -200,10 +200,10 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
     w = lambda name: layer[name].nbytes  # noqa: E731
     ops = [
         ("qkv gemm", lambda: K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv), w("w_qkv"), cfg.num_layers),
-        ("rotary", lambda: K.rotary_embedding(inp.positions, ws.q, ws.k, model.cos_sin,
-                                              head_size=cfg.head_dim), 0, cfg.num_layers),
-        ("kv write + paged attention", lambda: llama._attention(ws.q3, ws.k3, ws.v3, kc, vc, inp, ws.attn3,
-                                                                1, model.scale), kv_bytes, cfg.num_layers),
+        ("rotary + kv write", lambda: K.rotary_and_cache(inp.positions, ws.q, ws.k3, ws.v3, model.cos_sin, kc, vc,
+                                                         inp.slot_mapping), 0, cfg.num_layers),
+        ("paged attention", lambda: llama._attention(ws.q3, kc, vc, inp, ws.attn3, 1, model.scale),
+         kv_bytes, cfg.num_layers),
         ("o gemm", lambda: K.gemm(ws.attn, layer["wo"], out=ws.delta), w("wo"), cfg.num_layers),
         ("rms_norm + residual (x2)", lambda: K.rms_norm(ws.delta, layer["post_norm"], cfg.rms_eps,
                                                        out=ws.hidden, residual=ws.residual), 0,
@@ -215,6 +215,19 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
         ("lm_head gemm", lambda: K.gemm(ws.last, model.lm_head, out=ws.logits), model.lm_head.nbytes, 1),
         ("argmax", lambda: K.argmax(ws.logits, out=ws.next_tokens), 0, 1),
     ]
+    # the other decode attention kernels on this step (count 0: not in the step's sum)
+    from cgraph.kernels.attention import DECODE_SPLITS, default_decode_variant, launch_paged_attention
+    from cgraph.kernels.launch import device_facts
+
+    clusters = device_facts().clusters
+    default = default_decode_variant(cfg.num_kv_heads, clusters)
+    others = [v for v in [f"s{n}" for n in DECODE_SPLITS] + ["h2k32"] if clusters or v in ("s1", "h2k32")]
+    for variant in (v for v in others if v != default):
+        ops.append((f"paged attention, kernel {variant} (not the default {default})",
+                    lambda v=variant: launch_paged_attention(
+                        ws.q3, kc, vc, out=ws.attn3, block_tables=inp.block_tables, seq_lens=inp.seq_lens,
+                        query_start_loc=inp.query_start_loc, num_seqs=inp.num_seqs, max_query_len=1,
+                        scale=model.scale, variant=v), kv_bytes, 0))
     rows = []
     for name, op, nbytes, count in ops:
         def body(op=op):

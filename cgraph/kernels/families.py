@@ -61,7 +61,7 @@ PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "embedding": _elementwise("embedding"),
     "norm": _elementwise("rms_norm"),
     "activation": _elementwise("silu_and_mul"),
-    "rotary": _elementwise("rotary"),
+    "rotary": (_elementwise("rotary")[0] + _elementwise("rotary_cache")[0],),
     "cache": _elementwise("reshape_and_cache"),
     "sampling": ((*_elementwise("argmax")[0], *_elementwise("sample")[0], *_elementwise("sample_gen")[0]),),
     "random": (("philox_bits", "philox_uniform", "philox_advance"),),

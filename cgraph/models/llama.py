@@ -94,12 +94,11 @@ def workspace_views(bufs: Any, cfg: LlamaConfig, num_tokens: int, num_seqs: int)
                      attn=attn, attn3=attn.reshape(t, hq, d), sampled=bufs["sampled"], **plain)
 
 
-def _attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, inp: ForwardInputs, out: Any,
+def _attention(q: Any, k_cache: Any, v_cache: Any, inp: ForwardInputs, out: Any,
                max_query_len: int, scale: float) -> None:
-    """Write this step's K/V into the paged cache, then paged attention into `out`."""
+    """Paged attention of q into `out` over caches that already hold this step's K/V."""
     import cgraph.kernels as K
 
-    K.reshape_and_cache(k, v, k_cache, v_cache, inp.slot_mapping)
     K.paged_attention(q, k_cache, v_cache, out=out, block_tables=inp.block_tables,
                       seq_lens=inp.seq_lens, query_start_loc=inp.query_start_loc,
                       num_seqs=inp.num_seqs, max_query_len=max_query_len, scale=scale)
@@ -195,10 +194,11 @@ class LlamaModel:
             else:
                 K.rms_norm(ws.delta, layer["input_norm"], eps, out=ws.hidden, residual=ws.residual)
             K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv)
-            K.rotary_embedding(inp.positions, ws.q, ws.k, self.cos_sin, head_size=cfg.head_dim)
             k_cache, v_cache = kv_cache[n]
-            self._attention(ws.q3, ws.k3, ws.v3, k_cache, v_cache, inp, ws.attn3, max_query_len,
-                            self.scale)
+            # rotary on q and k, and this step's k and v into the paged cache, in one launch
+            K.rotary_and_cache(inp.positions, ws.q, ws.k3, ws.v3, self.cos_sin, k_cache, v_cache,
+                               inp.slot_mapping)
+            self._attention(ws.q3, k_cache, v_cache, inp, ws.attn3, max_query_len, self.scale)
             K.gemm(ws.attn, layer["wo"], out=ws.delta)
             K.rms_norm(ws.delta, layer["post_norm"], eps, out=ws.hidden, residual=ws.residual)
             K.gemm(ws.hidden, layer["w_gate_up"], out=ws.gate_up)
