@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from cgraph.core.errors import ArgumentError, NotFoundError
-from cgraph.kernels.launch import F32, I32, I64, launch, tag
+from cgraph.kernels.launch import F32, I32, I64, device_facts, launch, tag
 from cgraph.kernels.loader import get_kernel
 from cgraph.kernels.spec import HALVES, INT32, ROWS, Arr, Bound, Spec, require_float, require_int
 
@@ -59,16 +59,26 @@ DECODE_VARIANTS = {"s": (1, 4), "h2": (2, 4), "h2k32": (2, 2), "h4k32": (4, 2)}
 DECODE_SPLITS = (1, 2, 4, 8)
 
 
-def default_decode_variant(hkv: int) -> str:
-    """The decode kernel used unless one is forced: depends on the head layout only.
+#: key splits of the default decode kernel where thread-block clusters exist (sm_90+)
+DEFAULT_KEY_SPLITS = 4
+
+
+def default_decode_variant(hkv: int, clusters: bool) -> str:
+    """The decode kernel used unless one is forced: depends on the head layout and the
+    device only.
 
     Never on the batch: a sequence's output is then the same bits at any batch size or
     padding, in the decode launch and in the mixed launch alike, which is what lets every
-    graph mode generate exactly the eager tokens. Two KV heads per CTA make each key one
-    contiguous run (H200 tuning run, notebooks/results/kernels_attention.md). Key splits
-    over a cluster ("s2".."s8") cut batch-1 latency but would make the result depend on the
-    batch size, so they are only used when forced.
+    graph mode generate exactly the eager tokens. With clusters, the keys of every
+    (sequence, KV head) are split over DEFAULT_KEY_SPLITS CTAs: the split count is a
+    constant and each split's tiles a function of the sequence's own length, and the
+    partials merge in rank order, so the bits stay batch invariant while one sequence
+    spreads over several multiprocessors (the decode benchmark's breakdown times every
+    variant at each batch). Without clusters, two KV heads per CTA (each key one contiguous
+    run) or one.
     """
+    if clusters:
+        return f"s{DEFAULT_KEY_SPLITS}"
     return "h2k32" if hkv % 2 == 0 else "s1"
 
 
@@ -134,7 +144,7 @@ def _decode(q, k_cache, v_cache, out, b: Bound, block_tables, seq_lens, query_st
     their row query_start_loc[s]."""
     t, hq, hkv, d = b.dims["T"], b.dims["Hq"], b.dims["Hkv"], b.dims["D"]
     s, max_blocks, bs = b.dims["S"], b.dims["MB"], b.dims["BS"]
-    variant = variant or default_decode_variant(hkv)
+    variant = variant or default_decode_variant(hkv, device_facts().clusters)
     kind = "s" if variant[:1] == "s" and variant[1:].isdigit() else variant
     if kind not in DECODE_VARIANTS or (kind == "s" and int(variant[1:]) not in DECODE_SPLITS):
         raise NotFoundError(f"unknown decode variant {variant!r}; expected one of "
