@@ -49,7 +49,10 @@ class _NoSync:
 def is_foreign_device_array(x: Any) -> bool:
     """True for a GPU array that is not a CuPy array but can be viewed as one (DLPack)."""
     t = type(x)
-    if t in _PASS_TYPES or t.__module__.startswith(("cupy", "numpy")):
+    if t in _PASS_TYPES:
+        return False
+    if t.__module__.startswith(("cupy", "numpy")):  # every launch argument passes here: one set
+        _PASS_TYPES.add(t)  # lookup next time (CuPy arrays, NumPy scalars), not a string test
         return False
     dev = getattr(x, "__dlpack_device__", None)
     if dev is None or not hasattr(x, "__dlpack__"):

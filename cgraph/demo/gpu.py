@@ -56,7 +56,9 @@ def run_gpu_demo(args: Any) -> int:
     get = lambda name, default: getattr(args, name, default) if getattr(args, name, None) is not None else default  # noqa: E731
     n_req, max_prompt, new_tokens = get("requests", 64), get("max_prompt", 512), get("new_tokens", 64)
     seqs, budget = get("max_num_seqs", 32), get("max_num_batched_tokens", 1024)
-    seed = get("seed", 0)
+    seed, repeats = get("seed", 0), get("repeats", 5)
+    if repeats < 1:
+        raise ArgumentError(f"--repeats {repeats}: expected at least 1 timed run")
     if max_prompt > budget:
         raise ArgumentError(f"--max-prompt {max_prompt} exceeds --max-num-batched-tokens {budget}: a "
                             "prompt is prefilled in one step; raise the budget or shorten prompts")
@@ -80,15 +82,19 @@ def run_gpu_demo(args: Any) -> int:
             if mode != "none" and not lazy:
                 engine.capture(progress=True)
             engine.generate(requests[:2])  # warm-up: kernels loaded, NONE paths exercised
-            result = engine.generate(requests)
+            # a 64 x 64-token workload runs in tens of ms: one run is at the mercy of the host
+            # (GC, page faults), so time several and report the median one; each must be exact
+            results = [engine.generate(requests) for _ in range(repeats)]
+            results.sort(key=lambda r: r.summary["tokens_per_s"])
+            result = results[len(results) // 2]
             stats = engine.runner_stats()
             pool_mib, static_mib = engine.pool_bytes / 2**20, engine.buffers.nbytes / 2**20
             capture_s = engine.capture_seconds if not lazy else stats["capture_s"]
         if reference is None:
             reference = result.outputs
-        same = result.outputs == reference
+        same = all(r.outputs == reference for r in results)
         if not same:
-            bad = [k for k in reference if result.outputs.get(k) != reference[k]]
+            bad = sorted({k for r in results for k in reference if r.outputs.get(k) != reference[k]}, key=str)
             failed.append(f"{label}: {len(bad)} of {len(reference)} requests differ from eager "
                           f"(first: request {bad[0]})")
         s = result.summary
@@ -115,6 +121,7 @@ def run_gpu_demo(args: Any) -> int:
                       notes=[f"model: {cfg}",
                              f"workload: {n_req} requests, prompts 1..{max_prompt}, {new_tokens} new tokens "
                              f"each; max_num_seqs={seqs}, max_num_batched_tokens={budget}",
+                             f"each row: the median of {repeats} timed runs of the workload (by tokens/s)",
                              "decode host/GPU/gap/step: host work per step, device time of the forward, "
                              "device idle time before a step, device time from one step's end to the next's "
                              "(medians over decode steps)"])

@@ -112,6 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (GPU run)")
     parser.add_argument("--hidden", type=int, default=512, help="hidden size (GPU run)")
     parser.add_argument("--seed", type=int, default=0, help="workload and weights seed")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs of the workload per mode (GPU run): the row is the median run")
     parser.add_argument("--no-gpu", action="store_true", help="print the dispatch plan only")
     parser.add_argument("--save-results", action="store_true",
                         help="GPU run: also write demo_gpu.{json,md} into the --out folder")
