@@ -43,6 +43,7 @@ ALL_AT_ONCE = (
 )
 SERVING = dict(min_images=1, max_images=8, min_tokens=64, max_tokens=1024)
 SERVING_MAX_BUDGET, SERVING_GRAPHS = 8192, 24
+HOST = ", host patches"
 
 
 def _row(model: str, workload: str, method: str, times: list[float], images: int, **extra: Any) -> dict:
@@ -53,13 +54,21 @@ def _row(model: str, workload: str, method: str, times: list[float], images: int
 
 
 def _speedups(rows: list[dict]) -> None:
-    """vs_packed_p50 / p99: eager packed's latency over each row's (same model, workload)."""
-    packed = {(r["model"], r["workload"]): r for r in rows if r["method"] == "eager packed"}
+    """vs_packed_p50 / p99: eager packed's latency over each row's (same model, workload,
+    input side: a "host patches" row against eager packed from host patches);
+    speedup_vs_eager_per_image: eager one image at a time (p50) over the row's p50, which
+    is also ms_per_pass (the columns of the earlier results, read by notebook 05)."""
+    key = lambda r: (r["model"], r["workload"], r["method"].endswith(HOST))  # noqa: E731
+    packed = {key(r): r for r in rows if r["method"].startswith("eager packed")}
+    single = {r["workload"]: r for r in rows if r["method"] == "eager, one image at a time"}
     for r in rows:
-        ref = packed.get((r["model"], r["workload"]))
+        ref = packed.get(key(r))
         if ref:
             r["vs_packed_p50"] = ref["ms_p50"] / r["ms_p50"]
             r["vs_packed_p99"] = ref["ms_p99"] / r["ms_p99"]
+        r["ms_per_pass"] = r["ms_p50"]
+        if r["workload"] in single:
+            r["speedup_vs_eager_per_image"] = single[r["workload"]]["ms_p50"] / r["ms_p50"]
 
 
 def all_at_once(cp: Any, model: Any, n: int, reps: int, seed: int, rows: list, parts: list) -> None:
@@ -132,16 +141,14 @@ def serving(cp: Any, model: Any, label: str, num_steps: int, seed: int, rows: li
             extra = dict(padding_waste=waste, graphs=len(budgets), budgets=" ".join(map(str, budgets))) \
                 if method == "graphs" else dict(padding_waste=0.0)
             rows.append(_row(label, work, method, ts, images, **extra))
-        packed_host = _row(label, work + ", host patches", "eager packed", th["eager packed"], images,
-                           padding_waste=0.0)
-        rows.append(packed_host)
-        rows.append(_row(label, work + ", host patches", "graphs", th["graphs"], images, padding_waste=waste,
+        rows.append(_row(label, work, "eager packed" + HOST, th["eager packed"], images, padding_waste=0.0))
+        rows.append(_row(label, work, "graphs" + HOST, th["graphs"], images, padding_waste=waste,
                          graphs=len(budgets), budgets=" ".join(map(str, budgets))))
         sample = steps[: min(len(steps), 20)]
         parts.append({"model": label, "workload": work, "method": "eager packed",
                       **S.eager_breakdown(cp, model.encode_batch, sample)})
         parts.append({"model": label, "workload": work, "method": "graphs", **S.graph_breakdown(cp, mgr, sample)})
-        parts.append({"model": label, "workload": work + ", host patches", "method": "graphs",
+        parts.append({"model": label, "workload": work, "method": "graphs" + HOST,
                       **S.graph_breakdown(cp, mgr, host_steps[: len(sample)])})
     print(f"[{label} {work}] {images} images, {sum(it.tokens for it in flat)} tokens, budgets {budgets}; "
           f"setup+capture {t_cap:.1f} s, total {time.perf_counter() - t0:.1f} s", flush=True)
@@ -181,11 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     from cgraph.encoder.model import PRESETS
 
     cols = ["model", "workload", "method", "ms_p50", "ms_p99", "images_per_s", "vs_packed_p50",
-            "vs_packed_p99", "padding_waste", "graphs", "replays", "budgets"]
+            "vs_packed_p99", "speedup_vs_eager_per_image", "padding_waste", "graphs", "replays", "budgets"]
     notes = [
         "ms_p50 / ms_p99: latency per call (one pass of all images, or one serving step), device synchronised",
         "vs_packed: eager packed latency / this row's (> 1: faster than one packed eager forward)",
-        "images pre-unfolded on the device for every method, except the 'host patches' rows",
+        "images pre-unfolded on the device for every method, except the 'host patches' rows "
+        "(NumPy patches: pinned staging for the graphs, pageable upload for eager; compared with each other)",
+        "ms_per_pass = ms_p50; speedup_vs_eager_per_image: eager one image at a time p50 / this row's",
         f"serving: {SERVING}; budgets suggested (at most {SERVING_GRAPHS}, max {SERVING_MAX_BUDGET}) "
         "from 400 calibration steps of another seed",
         f"models: {', '.join(f'{k} {v}' for k, v in PRESETS.items() if k in a.models.split(','))}",
