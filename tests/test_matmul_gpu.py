@@ -228,3 +228,27 @@ def test_cupy_matmul_in_capture_names_cgraph_matmul(op):
     assert "cgraph.matmul" in text and "NotImplementedError" in text
     # the stream is not left capturing: eager work still runs
     assert math.isfinite(float(cp.matmul(a, b).sum()))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_column_major_option_matches_numpy(layout, monkeypatch):
+    """The COLUMN_MAJOR switch (the transposed problem handed to cuBLASLt) computes the same
+    product in every layout, eager and captured."""
+    import cupy as cp
+
+    import cgraph
+    from cgraph.cuda import blas
+
+    monkeypatch.setattr(blas, "COLUMN_MAJOR", True)
+    dt = "float16"
+    a, b = LAYOUTS[layout](cp, dt)
+    _check(cgraph.matmul(a, b), a, b, dt, f"{layout} column-major")
+    out = empty(cp, cgraph.matmul(a, b).shape, dt)
+    g = cgraph.capture(lambda: cgraph.matmul(a, b, out=out))
+    try:
+        poison(cp, out)
+        g.replay()
+        cp.cuda.get_current_stream().synchronize()
+        _check(out, a, b, dt, f"{layout} column-major, replayed")
+    finally:
+        g.close()
