@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cgraph.bench.report import add_out_argument, write_results
+from cgraph.bench.decode_models import BENCH_MODEL, LLAMA_1B, MODELS  # noqa: F401 - LLAMA_1B re-exported
 from cgraph.core.config import GraphConfig
 from cgraph.core.descriptors import BatchDescriptor
 from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
@@ -36,12 +37,6 @@ from cgraph.models.config import LlamaConfig
 from cgraph.models.weights import init_weights
 from cgraph.core.modes import GraphMode
 
-BENCH_MODEL = LlamaConfig(num_layers=8, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=64,
-                          intermediate_size=2816, vocab_size=32000, max_seq_len=1024)
-#: Llama-3.2-1B's shapes (random weights)
-LLAMA_1B = LlamaConfig(num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64,
-                       intermediate_size=8192, vocab_size=128256, max_seq_len=1024)
-MODELS = {"8x1024": BENCH_MODEL, "1b": LLAMA_1B}
 
 
 def time_steps(cp: Any, fn: Callable[[], Any], iters: int, rounds: int) -> float:
@@ -290,8 +285,8 @@ def main(argv: list[str] | None = None) -> None:
             peer = torch_peer.TorchPeer(cfg, w, gqa=a.torch_gqa, dynamic=a.torch_dynamic,
                                         mode="max-autotune" if a.torch_autotune else "reduce-overhead")
             peer_note = torch_peer.describe(peer)
-        except ImportError as exc:
-            peer_note = f"torch.compile peer not measured: {exc}"
+        except Exception as exc:  # noqa: BLE001 - no torch, or no room for it: note why
+            peer_note = f"torch.compile peer not measured: {type(exc).__name__}: {exc}"
     with Engine(model, gcfg, num_kv_blocks=top * per_seq) as eng:
         for k_cache, v_cache in eng.kv_cache:  # random keys and values: real data, not zeros
             k_cache[...] = cp.random.standard_normal(k_cache.shape, dtype=cp.float32).astype(cfg.dtype)
@@ -328,9 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                 plain.close()
             peer_cols = {}
             if peer is not None:
-                eng.run_forward(batch, batch, 1)  # cgraph's eager logits, to compare the peer's with
+                eng.run_forward(batch, batch, 1)  # cgraph's eager logits (.get() syncs), to compare the peer's with
                 eager_logits = eng.views_for(batch, batch)[1].logits[:batch].get().astype(np.float32)
-                cp.cuda.get_current_stream().synchronize()
                 try:
                     peer_cols = torch_peer.measure_batch(
                         peer, eng.kv_cache, meta_by_batch[batch].block_tables[:batch], meta.input_ids[:batch],
@@ -339,7 +333,6 @@ def main(argv: list[str] | None = None) -> None:
                     peer_cols["full/torch_compile"] = t_full * 1e6 / peer_cols["torch_compile_us"]
                 except Exception as exc:  # noqa: BLE001 - report why the peer could not be measured
                     peer, peer_note = None, f"torch.compile peer failed at batch {batch}: {type(exc).__name__}: {exc}"
-                    print(peer_note, flush=True)
             kv_bytes = batch * (a.context + 1) * cfg.num_layers * 2 * cfg.kv_size * 2
             floor = (model.weight_bytes + kv_bytes) / bw
             rows.append({"batch": batch, "none_us": t_none * 1e6, "full_us": t_full * 1e6,
@@ -367,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
                           "full/torch_graph": r["full_us"] / (graphed * 1e6)})
         except Exception as exc:  # noqa: BLE001 - report why torch could not be measured
             torch_note = f"torch not measured: {type(exc).__name__}: {exc}"
+    skips = {r["batch"]: r["cudagraph_skips"] for r in rows if "cudagraph_skips" in r}
+    peer_note += f"; graphs Inductor ran without CUDA graphs, by batch (want 0): {skips}" if skips else ""
     notes = [
         f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads / "
         f"{cfg.num_kv_heads} KV heads x {cfg.head_dim}, intermediate {cfg.intermediate_size}, "

@@ -262,3 +262,60 @@ def measure_batch(peer: TorchPeer, paged: list[tuple[Any, Any]], block_tables: n
             "peer_tokens_equal": float(np.mean(r.tokens == full_tokens)),
             "peer_logit_diff": float(np.abs(r.logits - np.asarray(eager_logits, np.float32)).max()),
             "cudagraph_skips": r.cudagraph_skips}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cgraph.bench.torch_peer`: the peer alone (random paged KV), each GQA mode
+    and compile setting at each batch, to pick the decode benchmark's default."""
+    import argparse
+
+    from cgraph.bench.decode_models import MODELS
+    from cgraph.bench.report import add_out_argument, write_results
+    from cgraph.models.weights import init_weights
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="1b")
+    ap.add_argument("--batches", default="64")
+    ap.add_argument("--gqa", default="fold,enable,repeat", help="comma-separated GQA modes")
+    ap.add_argument("--dynamic", action="store_true", help="one dynamic-batch compile per mode")
+    ap.add_argument("--autotune", action="store_true", help='mode="max-autotune"')
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--device", default="cuda", help="torch device (timing needs CUDA)")
+    add_out_argument(ap)
+    a = ap.parse_args(argv)
+    import torch
+
+    cfg, bs = MODELS[a.model], 16
+    w, rng, rows = init_weights(cfg, 0), np.random.default_rng(0), []
+    for gqa in a.gqa.split(","):
+        peer = TorchPeer(cfg, w, gqa=gqa, dynamic=a.dynamic, device=a.device,
+                         mode="max-autotune" if a.autotune else "reduce-overhead")
+        for b in (int(x) for x in a.batches.split(",")):
+            per = -(-(a.context + 1) // bs)
+            shape = (b * per, bs, cfg.num_kv_heads, cfg.head_dim)
+            paged = [(torch.randn(shape, dtype=torch.float16, device=a.device),
+                      torch.randn(shape, dtype=torch.float16, device=a.device)) for _ in range(cfg.num_layers)]
+            peer.load_cache(paged, rng.permutation(b * per).reshape(b, per), a.context, a.context + 8, bs)
+            del paged
+            ids, pos = rng.integers(0, cfg.vocab_size, b), np.full(b, a.context)
+            eager, _ = peer.forward_eager(ids, pos)
+            r = peer.run(ids, pos, a.iters, a.rounds)
+            rows.append({"gqa": gqa, "batch": b, "step_us": r.step_s * 1e6, "compile_s": r.compile_s,
+                         "tokens_equal_eager": float(np.mean(r.tokens == eager)), "cudagraph_skips": r.cudagraph_skips})
+            print(rows[-1], flush=True)
+        del peer
+        torch._dynamo.reset()
+    suffix = "" if a.model == "8x1024" else f"_{a.model}"
+    write_results("torch_peer" + suffix, rows, title="torch.compile decode peer: GQA modes", out_dir=a.out,
+                  notes=[describe_settings(torch, a.autotune, a.dynamic), f"context {a.context}, random KV"])
+
+
+def describe_settings(torch: Any, autotune: bool, dynamic: bool) -> str:
+    return (f"torch {torch.__version__}, mode={'max-autotune' if autotune else 'reduce-overhead'!r}, "
+            f"fullgraph=True, dynamic={dynamic}")
+
+
+if __name__ == "__main__":
+    main()
