@@ -81,9 +81,19 @@ def as_cupy(x: Any) -> Any:
     return cp.from_dlpack(_NoSync(x) if capturing else x)
 
 
+def any_foreign(values: Any) -> bool:
+    """True when any of `values` is a foreign GPU array (:func:`is_foreign_device_array`).
+    Every kernel launch asks this of its arguments: a plain loop over set lookups."""
+    known = _PASS_TYPES
+    for x in values:
+        if type(x) not in known and is_foreign_device_array(x):
+            return True
+    return False
+
+
 def as_cupy_args(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """:func:`as_cupy` over a call's top-level positional and keyword arguments."""
-    if not any(map(is_foreign_device_array, args)) and not any(map(is_foreign_device_array, kwargs.values())):
+    if not any_foreign(args) and not (kwargs and any_foreign(kwargs.values())):  # the runner's hot path
         return args, kwargs
     return tuple(map(as_cupy, args)), {k: as_cupy(v) for k, v in kwargs.items()}
 

@@ -17,7 +17,7 @@ from cgraph.core.errors import ArgumentError
 from cgraph.cuda import state as _state
 from cgraph.cuda.device import cupy
 from cgraph.cuda.driver import launch_programmatic
-from cgraph.cuda.interop import as_cupy, is_foreign_device_array
+from cgraph.cuda.interop import any_foreign, as_cupy
 from cgraph.kernels.loader import get_kernel
 
 #: dtype name -> the suffix of its kernels' names.
@@ -86,7 +86,7 @@ def launch(family: str, name: str, grid: tuple[int, ...], block: int, args: tupl
             raise ArgumentError(f"{name}: grid dimension {'xyz'[axis]} would be {g}, outside [1, {limit}]; "
                                 "the arguments are too large for one launch (split the batch)")
     kern = get_kernel(family, name, dynamic_smem=smem)
-    if any(map(is_foreign_device_array, args)):  # torch / JAX arrays: CuPy views, no copy
+    if any_foreign(args):  # torch / JAX arrays: CuPy views, no copy
         args = tuple(map(as_cupy, args))
     stream = current_stream(stream)
     if programmatic_launch():

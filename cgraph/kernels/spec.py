@@ -33,7 +33,7 @@ import attrs
 import numpy as np
 
 from cgraph.core.errors import ArgumentError, ArgumentTypeError
-from cgraph.cuda.interop import as_cupy, is_foreign_device_array
+from cgraph.cuda.interop import any_foreign, as_cupy
 
 FLOATS = ("float16", "bfloat16", "float32")
 HALVES = ("float16", "bfloat16")
@@ -143,7 +143,7 @@ class Spec:
         are checked in full once, then looked up. GPU arrays of torch, JAX or another
         DLPack producer are checked as the CuPy views the launch will pass (no copy).
         """
-        if any(map(is_foreign_device_array, values.values())):
+        if any_foreign(values.values()):
             values = {name: as_cupy(v) for name, v in values.items()}
         try:
             key = (id(self), tuple(sorted(known.items())) if known else None,
