@@ -45,10 +45,11 @@ from cgraph.cuda.session import is_capturing
 _INSTALL = "pip install 'cgraph-cupy[cuda13]' (or '[cuda12]' for a CUDA 12 driver)"
 _PLANS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _PLAN_CAP = 512  # least recently used plans are freed past this many
-#: hand cuBLASLt the transposed problem (d.T = b.T @ a.T), so its output is column-major,
-#: cuBLAS's own order. Off by default: the row-major form is the one verified on a GPU;
-#: cgraph.bench.matmul measures both (column graph_col) to decide.
-COLUMN_MAJOR = False
+#: hand cuBLASLt the transposed problem (d.T = b.T @ a.T), so its output is column-major:
+#: the orientation CuPy gives cuBLAS for the same C-ordered arrays, so cuBLASLt's heuristic
+#: sees the problem cuBLAS solves. cgraph.bench.matmul measures the other order beside it
+#: (column graph_col); tests check both orders in every layout.
+COLUMN_MAJOR = True
 
 
 @functools.cache
