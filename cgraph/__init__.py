@@ -28,7 +28,6 @@ from cgraph.core.errors import *  # noqa: F403 - every cgraph exception is publi
 from cgraph.core.modes import GraphMode
 from cgraph.core.padding import padding_report
 from cgraph.core.sampling import SamplingParams
-from cgraph.core.sampling import SamplingParams
 
 __version__ = "0.1.0"
 
@@ -53,14 +52,13 @@ _LAZY = {
     "while_loop": "cgraph.kernels.control",
     "cond": "cgraph.kernels.control",
     "Generator": "cgraph.kernels.random",
-    "Generator": "cgraph.kernels.random",
     "matmul": "cgraph.cuda.blas",
     "as_cupy": "cgraph.cuda.interop",
 }
 
 __all__ = [
     "GraphMode", "BatchDescriptor", "GraphConfig", "DispatchTable", "build_dispatch_table",
-    "dispatch", "capture_descriptors", "padding_report", "suggest_capture_sizes", "SamplingParams", "SamplingParams",
+    "dispatch", "capture_descriptors", "padding_report", "suggest_capture_sizes", "SamplingParams",
     *_errors.__all__, *_LAZY,
 ]
 
