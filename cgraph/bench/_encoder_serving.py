@@ -28,6 +28,7 @@ def host_items(items: Sequence[Any]) -> list[Any]:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100, NumPy's linear interpolation) of `values`."""
     return float(np.percentile(np.asarray(values, np.float64), q))
 
 

@@ -60,18 +60,22 @@ def _speedups(rows: list[dict]) -> None:
     is also ms_per_pass (the columns of the earlier results, read by notebook 05)."""
     key = lambda r: (r["model"], r["workload"], r["method"].endswith(HOST))  # noqa: E731
     packed = {key(r): r for r in rows if r["method"].startswith("eager packed")}
-    single = {r["workload"]: r for r in rows if r["method"] == "eager, one image at a time"}
+    single = {(r["model"], r["workload"]): r for r in rows if r["method"] == "eager, one image at a time"}
     for r in rows:
         ref = packed.get(key(r))
         if ref:
             r["vs_packed_p50"] = ref["ms_p50"] / r["ms_p50"]
             r["vs_packed_p99"] = ref["ms_p99"] / r["ms_p99"]
         r["ms_per_pass"] = r["ms_p50"]
-        if r["workload"] in single:
-            r["speedup_vs_eager_per_image"] = single[r["workload"]]["ms_p50"] / r["ms_p50"]
+        one = single.get((r["model"], r["workload"]))
+        if one:
+            r["speedup_vs_eager_per_image"] = one["ms_p50"] / r["ms_p50"]
 
 
 def all_at_once(cp: Any, model: Any, n: int, reps: int, seed: int, rows: list, parts: list) -> None:
+    """The "all N at once" workloads (ALL_AT_ONCE) on `model`: appends one row per method
+    and ladder to `rows` and one breakdown per method to `parts`; raises when a ladder's
+    graph outputs differ from eager (every budget is at most MAX_CAPTURE_SIZE)."""
     from cgraph.encoder.manager import EncoderGraphManager
 
     for name, lo, hi, ladders in ALL_AT_ONCE:
@@ -107,6 +111,9 @@ def all_at_once(cp: Any, model: Any, n: int, reps: int, seed: int, rows: list, p
 
 
 def serving(cp: Any, model: Any, label: str, num_steps: int, seed: int, rows: list, parts: list) -> None:
+    """`num_steps` serving steps (SERVING) on `model`, named `label`: eager one at a time,
+    eager packed and graphs from device patches, then eager packed and graphs from host
+    patches; appends their rows to `rows` and the phase breakdowns to `parts`."""
     from cgraph.encoder.manager import EncoderGraphManager
 
     t0 = time.perf_counter()
@@ -155,6 +162,7 @@ def serving(cp: Any, model: Any, label: str, num_steps: int, seed: int, rows: li
 
 
 def run(a: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """Every workload of the parsed arguments, model by model: (result rows, breakdown rows)."""
     from cgraph.cuda.device import require_device
     from cgraph.encoder.model import PRESETS, VisionEncoder
 
@@ -175,6 +183,7 @@ def run(a: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse `argv`, run the benchmark and write encoder.{json,md} and encoder_breakdown.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256, help="images of the all-at-once workloads (0: skip them)")
     ap.add_argument("--reps", type=int, default=3)

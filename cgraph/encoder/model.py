@@ -228,9 +228,10 @@ class VisionEncoder:
     def forward(self, patches: Any, positions: Any, cu_seqlens: Any, max_seqlen: int) -> Any:
         """Encode packed images: patches [T, C*p*p], positions int32 [T], cu_seqlens int32 [n+1].
 
-        T must be a multiple of 4; sequences are whole images in merge-window order; rows
-        at or beyond cu_seqlens[n] are padding (their outputs are not meaningful).
-        Returns [T / 4, out_dim]. Graph-safe (no sync, no cuBLAS, no host copies).
+        T must be a multiple of merge^2 (4 with the 2x2 merger); sequences are whole images
+        in merge-window order; rows at or beyond cu_seqlens[n] are padding (their outputs
+        are not meaningful). Returns [T / merge^2, out_dim]. Graph-safe (no sync, no
+        cuBLAS, no host copies).
         """
         cp, K, s = self._cp, self._K, self.spec
         t = patches.shape[0]

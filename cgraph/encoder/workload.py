@@ -9,6 +9,7 @@ grids: the new images one server step encodes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,7 +55,8 @@ def grid_tokens(grids: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     return tuple(r * c for r, c in grids)
 
 
-def make_images(grids, channels: int, patch: int, *, seed: int = 0, dtype: str = "float16", merge: int = 2):
+def make_images(grids: Sequence[tuple[int, int]], channels: int, patch: int, *, seed: int = 0,
+                dtype: str = "float16", merge: int = 2) -> list[np.ndarray]:
     """Random host images (NumPy) [channels, rows*merge*patch, cols*merge*patch] for the grids."""
     rng = np.random.default_rng(seed)
     step = merge * patch
