@@ -104,14 +104,15 @@ class ScheduledSeq:
 class ScheduledBatch:
     """The sequences of one step, decodes first, then prefills.
 
-    num_tokens and max_query_len are counted once, at construction: the engine's host loop
-    asks for them several times a step, and a batch has up to max_num_seqs sequences."""
+    num_tokens and max_query_len are counted once, at construction, from seqs (the
+    scheduler, which has counted them already, passes them in): the engine's host loop asks
+    for them several times a step, and a batch has up to max_num_seqs sequences."""
 
     seqs: tuple[ScheduledSeq, ...]
     num_decodes: int
-    num_tokens: int = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+    num_tokens: int = attrs.field(kw_only=True, eq=False, repr=False, default=attrs.Factory(
         lambda self: sum(len(s.token_ids) for s in self.seqs), takes_self=True))
-    max_query_len: int = attrs.field(init=False, eq=False, repr=False, default=attrs.Factory(
+    max_query_len: int = attrs.field(kw_only=True, eq=False, repr=False, default=attrs.Factory(
         lambda self: max((len(s.token_ids) for s in self.seqs), default=0), takes_self=True))
 
     @property
@@ -198,10 +199,19 @@ class Scheduler:
         if self._pending is not None:
             raise StateError("schedule() called twice without update(); feed back the sampled "
                                "tokens of the previous batch first")
-        seqs = [ScheduledSeq(r.request.request_id, (r.last_token(),), r.num_computed, r.block_ids, r.row,
-                             r.request.stop_token_ids, r.request.sampling) for r in self._running]
+        # one decode per running request: this loop runs for every sequence of every step, on
+        # the host path the overlapped engine hides behind the GPU, so it stays plain
+        seqs: list[ScheduledSeq] = []
+        append = seqs.append
+        for row, r in enumerate(self._running):  # running order is the batch's row order
+            out, req = r.output, r.request
+            token = out[-1] if out and len(out) == r.generated else -1
+            append(ScheduledSeq(req.request_id, (token,), r.num_computed, r.block_ids, r.row, req.stop_token_ids,
+                                req.sampling))
+            r.row = row
         budget = self.max_num_batched_tokens - len(seqs)
         num_decodes = len(seqs)
+        num_tokens, max_query_len = num_decodes, 1 if num_decodes else 0
         while self._waiting and len(self._running) < self.max_num_seqs:
             req = self._waiting[0]
             if len(req.prompt) > budget or not self.allocator.can_allocate(req.kv_tokens):
@@ -210,14 +220,15 @@ class Scheduler:
             run = _Running(req, self.allocator.allocate(req.kv_tokens))
             self._running.append(run)
             self._recording[req.request_id] = run
+            run.row = len(seqs)
             seqs.append(ScheduledSeq(req.request_id, req.prompt, 0, run.block_ids,
                                      stop_token_ids=req.stop_token_ids, sampling=req.sampling))
             budget -= len(req.prompt)
+            num_tokens += len(req.prompt)
+            max_query_len = max(max_query_len, len(req.prompt))
         if not seqs:
             return None
-        for row, run in enumerate(self._running):  # running order is the batch's row order
-            run.row = row
-        self._pending = ScheduledBatch(tuple(seqs), num_decodes)
+        self._pending = ScheduledBatch(tuple(seqs), num_decodes, num_tokens=num_tokens, max_query_len=max_query_len)
         return self._pending
 
     def update(self, batch: ScheduledBatch, sampled: Sequence[int] | None = None) -> list[Hashable]:
@@ -232,11 +243,12 @@ class Scheduler:
                                 "pass one token per scheduled sequence")
         self._pending = None
         done: list[Hashable] = []
+        recording = self._recording
         for seq in batch.seqs:
-            run = self._recording[seq.request_id]
+            run = recording[seq.request_id]
             if run.stopped:  # its stop token was recorded after this batch was scheduled
                 continue
-            run.num_computed += seq.query_len
+            run.num_computed += len(seq.token_ids)
             run.generated += 1
             if run.generated >= run.request.max_new_tokens:
                 done.append(seq.request_id)
@@ -257,15 +269,19 @@ class Scheduler:
             raise ArgumentError(f"{len(sampled)} sampled tokens for {len(batch.seqs)} sequences; "
                                 "pass one token per scheduled sequence")
         stopped = []
+        recording = self._recording
         for seq, tok in zip(batch.seqs, sampled):
-            run = self._recording[seq.request_id]
+            run = recording[seq.request_id]
             if run.stopped:
                 continue
-            if len(run.output) >= run.generated:
+            out = run.output
+            if len(out) >= run.generated:
                 raise StateError(f"request {seq.request_id!r}: more tokens recorded than sampled; "
                                  "record each batch once, after update()")
-            run.output.append(int(tok))
-            if int(tok) in run.request.stop_token_ids:
+            tok = int(tok)
+            out.append(tok)
+            stop = run.request.stop_token_ids
+            if stop and tok in stop:
                 run.stopped = True
                 if run.request.request_id not in self._done:  # still running: it ends now
                     self.allocator.free(run.block_ids)
