@@ -4,6 +4,18 @@
 // A position outside [0, max_pos) leaves the row untouched (padding rows).
 #include "common.cuh"
 
+// One rotation of V pairs (x1[j], x2[j]) = (x[c + j], x[c + j + D/2]) by the angles at cs.
+template <int V>
+__device__ __forceinline__ void rope_rotate(float* x1, float* x2, const float* __restrict__ cs, int c, int half) {
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const float co = cs[c + j], si = cs[half + c + j];
+    const float a = x1[j], b = x2[j];
+    x1[j] = a * co - b * si;
+    x2[j] = b * co + a * si;
+  }
+}
+
 template <class D, int V>
 __device__ __forceinline__ void rotary_body(const int* __restrict__ positions, typename D::T* q,
                                             typename D::T* k, const float* __restrict__ cache,
@@ -24,13 +36,7 @@ __device__ __forceinline__ void rotary_body(const int* __restrict__ positions, t
     float x1[V], x2[V];
     load_f<D, V>(base + c, x1);
     load_f<D, V>(base + half + c, x2);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float co = cs[c + j], si = cs[half + c + j];
-      const float a = x1[j], b = x2[j];
-      x1[j] = a * co - b * si;
-      x2[j] = b * co + a * si;
-    }
+    rope_rotate<V>(x1, x2, cs, c, half);
     store_f<D, V>(base + c, x1);
     store_f<D, V>(base + half + c, x2);
   }
@@ -80,13 +86,7 @@ __device__ __forceinline__ void rotary_cache_body(const int* __restrict__ positi
     load_f<D, V>(base + c, x1);
     load_f<D, V>(base + half + c, x2);
     if (rotate) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float co = cs[c + j], si = cs[half + c + j];
-        const float a = x1[j], b = x2[j];
-        x1[j] = a * co - b * si;
-        x2[j] = b * co + a * si;
-      }
+      rope_rotate<V>(x1, x2, cs, c, half);
       store_f<D, V>(base + c, x1);
       store_f<D, V>(base + half + c, x2);
     }
