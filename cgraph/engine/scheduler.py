@@ -27,7 +27,7 @@ A decode sequence's `token_ids` holds that token when it is already recorded, el
 from __future__ import annotations
 
 from collections import deque
-from typing import Hashable, Sequence
+from typing import Hashable, NamedTuple, Sequence
 
 import attrs
 
@@ -79,12 +79,16 @@ class Request:
         return len(self.prompt) + self.max_new_tokens - 1
 
 
-@attrs.frozen
-class ScheduledSeq:
+class ScheduledSeq(NamedTuple):
     """One sequence's share of a step: query tokens starting at position `start`.
 
     source_row: for a decode, the request's row in the previous step (its sampled token is
     this step's input); -1 for a prefill, whose token ids are all given.
+
+    An immutable value like the attrs classes here, but a NamedTuple: the scheduler builds
+    one per running request every step, on the host path the overlapped engine must keep
+    shorter than a GPU step, and a NamedTuple is built in well under half the time of a
+    frozen attrs instance.
     """
 
     request_id: Hashable
