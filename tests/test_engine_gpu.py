@@ -99,18 +99,27 @@ def test_every_mode_generates_exactly_the_eager_tokens(tiny_model, eager_run, mo
 
 
 def test_replay_after_a_different_graph_keeps_tokens_equal(tiny_model, eager_run):
-    """Run the workload twice on one engine: graphs replay over reused KV blocks and buffers."""
+    """Run workloads one after another on one engine: graphs replay over reused KV blocks and
+    buffers. The reversed order is compared with an eager run of that order: a request's
+    tokens in another batch composition are not asserted, since a row's GEMM kernel follows
+    its step's row count (README, Known limits; such a run moved one request's greedy tokens
+    once in three on an H200)."""
     from cgraph.engine import Engine
 
     model, _ = tiny_model
     reqs, eager = eager_run
+    backwards = list(reversed(reqs))
+    with Engine(model, GraphConfig("none", max_num_seqs=8, max_num_batched_tokens=256)) as eng:
+        eager_backwards = eng.generate(backwards)
     cfg = GraphConfig("full_and_piecewise", capture_sizes=[1, 2, 4, 8, 16, 32, 64, 128, 256],
                       max_num_seqs=8, max_num_batched_tokens=256)
     with Engine(model, cfg) as eng:
         eng.capture(progress=False)
         first = eng.generate(reqs)
-        second = eng.generate(reversed(reqs))
-    assert first.outputs == eager.outputs == second.outputs
+        second = eng.generate(backwards)
+        third = eng.generate(reqs)
+    assert first.outputs == eager.outputs == third.outputs
+    assert second.outputs == eager_backwards.outputs
 
 
 @pytest.mark.parametrize("mode", ["none", "full", "full_and_piecewise"])
