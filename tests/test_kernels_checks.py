@@ -16,7 +16,7 @@ import pytest
 import cgraph.kernels as K
 from cgraph.core.errors import ArgumentError, ArgumentTypeError, CgraphError
 from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_SPLITS,
-                                      WGMMA_TILES, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
+                                      WGMMA_TILES, invariant_split, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
 from cgraph.kernels.spec import Arr, Spec
 from cgraph.kernels.tensor_map import encode_2d
 
@@ -330,3 +330,29 @@ def test_host_helpers_check_their_arguments():
         K.make_cos_sin_cache(0, 8)
     with pytest.raises(ArgumentError, match="head_size must be a positive even int"):
         K.make_cos_sin_cache(16, 7)
+
+
+@pytest.mark.parametrize("n, k", [(256, 128), (3072, 2048), (2048, 8192), (128256, 2048), (1000, 520)])
+@pytest.mark.parametrize("sms, cluster, wgmma", [(132, True, True), (108, False, False)])
+def test_invariant_plan_keeps_one_kernel_family_and_split_for_every_m(n, k, sms, cluster, wgmma):
+    """invariant=True: the tiled kernel at every M (its height follows M), one K split per
+    (N, K) and device, never the GEMV, streaming or wgmma kernels the default plan mixes."""
+    kw = dict(aligned=True, sm_count=sms, cluster=cluster, wgmma=wgmma)
+    plans = [plan_gemm(m, n, k, invariant=True, **kw) for m in (1, 2, 4, 5, 8, 31, 33, 64, 65, 129, 700, 4096)]
+    assert {p.kind for p in plans} == {"tile"}
+    assert len({p.grid[2] for p in plans}) == 1
+    assert {p.ktiles_per_split for p in plans} == {math.ceil(math.ceil(k / 64) / plans[0].grid[2])}
+    assert len({p.kernel.split("_s")[0] for p in plans}) >= 3, "tile heights follow M"
+    assert plans[0].grid[2] == invariant_split(n, k, sms, cluster)
+    if not cluster:
+        assert plans[0].grid[2] == 1
+    default_kinds = {plan_gemm(m, n, k, **kw).kind for m in (1, 8, 700)}
+    assert len(default_kinds) > 1 or not wgmma, "the default plan mixes kernels with M"
+
+
+def test_invariant_plan_refuses_forced_configurations():
+    kw = dict(aligned=True, sm_count=132, cluster=True, wgmma=True, invariant=True)
+    for force in ({"tile": "t64"}, {"split": 2}, {"streaming": True}, {"warps": 4}):
+        with pytest.raises(ArgumentError, match="batch-invariant"):
+            plan_gemm(8, 1024, 1024, **force, **kw)
+    assert plan_gemm(8, 1024, 1026, aligned=False, sm_count=132, cluster=True, invariant=True).kind == "fallback"

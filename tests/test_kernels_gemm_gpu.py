@@ -153,6 +153,34 @@ def test_gemm_streaming_kernel_any_n_and_k(cp, dt, m, warps):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n, k", [(256, 128), (1000, 1024), (3072, 2048), (520, 4096)])
+def test_gemm_invariant_plan_gives_every_row_the_same_bits_at_any_m(cp, dt, n, k):
+    """invariant=True: a row's output does not depend on M or on the row's place, across
+    every tile height (K split fixed by N, K); the default plan changes kernel with M."""
+    rows = round_host(rand((300, k)), dt)
+    w_h = round_host(rand((n, k), 1 / math.sqrt(k)), dt)
+    w, b = dev(cp, w_h, dt), dev(cp, round_host(rand(n), dt), dt)
+    probe = rows[:3]  # the rows every batch below carries, at a random place
+    kernels, want = set(), None
+    for m in (3, 1, 4, 5, 8, 17, 32, 33, 64, 65, 129, 300):  # 3 first: the reference rows
+        at = int(RNG.integers(0, m - 2)) if m >= 3 else 0
+        a_h = rows[:m].copy()
+        a_h[at:at + min(3, m)] = probe[:min(3, m)]
+        out = empty(cp, (m, n), dt)
+        plan = launch_gemm(dev(cp, a_h, dt), w, out=out, bias=b, invariant=True)
+        kernels.add(plan.kernel)
+        got = host(out.view(cp.uint16))[at:at + min(3, m)]
+        if want is None:
+            want = got
+            assert_close(host(out), ref.gemm(a_h, w_h, host(b)), dt, f"invariant plan M={m}",
+                         atol=gemm_atol(a_h, w_h, host(b), fallback=False))
+        assert np.array_equal(got, want[:len(got)]), f"M={m}, rows at {at}: bits moved ({plan})"
+    splits = {name.split("_s")[1] for name in kernels}
+    assert len(splits) == 1 and all(name.startswith("t") for name in kernels), kernels
+    assert len(kernels) >= 3, f"the batches should cross tile heights: {kernels}"
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("m, n, k", [(8, 4096, 1024), (32, 1000, 4096), (100, 11008, 512), (700, 520, 768)])
 def test_gemm_default_plan_is_bit_reproducible(cp, dt, m, n, k):
     # the engine compares graph replays with eager runs bit for bit: same inputs, same bits

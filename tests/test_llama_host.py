@@ -62,7 +62,7 @@ class _NumpyKernels:
         return q, k
 
     @staticmethod
-    def gemm(a, w, *, out, bias=None):
+    def gemm(a, w, *, out, bias=None, invariant=False):
         out[...] = _f16(R.gemm(a.astype(np.float32), w.astype(np.float32)))
         return out
 

@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--breakdown", action="store_true",
                     help="also time each op of the step (notebooks/results/decode_breakdown.*)")
+    ap.add_argument("--batch-invariant", action="store_true",
+                    help="the model's batch-invariant GEMM plan (LlamaModel(batch_invariant=True)); "
+                         "results get the suffix _invariant")
     add_out_argument(ap)
     a = ap.parse_args(argv)
     from cgraph.cuda.device import require_device
@@ -266,11 +269,11 @@ def main(argv: list[str] | None = None) -> None:
 
     cp = require_device()
     cfg = MODELS[a.model]
-    suffix = "" if a.model == "8x1024" else f"_{a.model}"
+    suffix = ("" if a.model == "8x1024" else f"_{a.model}") + ("_invariant" if a.batch_invariant else "")
     batches = [int(b) for b in a.batches.split(",")]
     rng = np.random.default_rng(a.seed)
     w = init_weights(cfg, a.seed)
-    model = LlamaModel(cfg, w)
+    model = LlamaModel(cfg, w, batch_invariant=a.batch_invariant)
     top = max(batches)
     per_seq = num_blocks_for(a.context + 1, BLOCK_SIZE)
     gcfg = GraphConfig("full_and_piecewise", capture_sizes=batches, max_num_seqs=top,
@@ -365,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     notes = [
         f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads / "
         f"{cfg.num_kv_heads} KV heads x {cfg.head_dim}, intermediate {cfg.intermediate_size}, "
-        f"vocab {cfg.vocab_size}, float16; weights read per step {model.weight_bytes / 2**20:.1f} MiB",
+        f"vocab {cfg.vocab_size}, float16; weights read per step {model.weight_bytes / 2**20:.1f} MiB"
+        + ("; batch-invariant GEMM plan (LlamaModel(batch_invariant=True))" if a.batch_invariant else ""),
         f"every sequence decodes at position {a.context} (reads {a.context + 1} keys per layer)",
         f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write of a 1 GiB device copy, same run); "
         "floor = (weight bytes + KV bytes read) / copy bandwidth",

@@ -160,7 +160,7 @@ def _plan_wgmma(m: int, n: int, k: int, sm_count: int, tile: str | None, split: 
 def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: bool,
               tile: str | None = None, split: int | None = None, gemv_max_m: int = GEMV_MAX_M,
               streaming: bool | None = None, warps: int | None = None,
-              wgmma: bool = False) -> GemmPlan:
+              wgmma: bool = False, invariant: bool = False) -> GemmPlan:
     """Choose the kernel for an (m, n, k) GEMM; depends only on its arguments (deterministic).
 
     aligned: K % 8 == 0 and a, w 16-byte aligned (needed by the tensor-core and GEMV paths).
@@ -170,9 +170,19 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
     and by (N, K) alone, so padding a batch to a capture size never changes a row's kernel).
     tile/split force a configuration (a WGMMA_TILES name needs wgmma), streaming=True/warps
     the streaming kernel (benchmarks and tests); split > 1 needs cluster.
+    invariant: a row's arithmetic independent of M (batch invariance): the tiled mma.sync
+    kernel at every M, its tile height following M (every tile sums a row's products in
+    the same order: 64-wide K tiles, 16-wide steps) and its K split fixed by (N, K)
+    (:func:`invariant_split`); slower than the default plan at small and large M.
     """
-    if not aligned:
+    if not aligned:  # one thread per output, K in order: invariant as it is
         return GemmPlan("fallback", "fallback", (math.ceil(n / 16), math.ceil(m / 16), 1), 256)
+    if invariant:
+        if tile is not None or split is not None or streaming or warps is not None:
+            raise ArgumentError("a batch-invariant GEMM plan takes no forced tile, split, streaming "
+                                "or warps; drop invariant=True to force a configuration")
+        return _plan_tile(m, n, k, default_tile(m, n, sm_count), invariant_split(n, k, sm_count, cluster),
+                          sm_count, cluster)
     if tile in WGMMA_TILES:
         if not wgmma:
             raise ArgumentError(f"GEMM tile {tile!r} uses wgmma, which needs a compute capability 9.0 "
@@ -196,6 +206,16 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
         return _plan_wgmma(m, n, k, sm_count, None, split)
     if tile is None:
         tile = default_tile(m, n, sm_count)
+    return _plan_tile(m, n, k, tile, split, sm_count, cluster)
+
+
+def invariant_split(n: int, k: int, sm_count: int, cluster: bool) -> int:
+    """K split of the batch-invariant plan: the one the default rule gives a single row
+    (16-row tile), so it depends on (N, K) and the device, never on M."""
+    return _plan_tile(1, n, k, "t16", None, sm_count, cluster).grid[2]
+
+
+def _plan_tile(m: int, n: int, k: int, tile: str, split: int | None, sm_count: int, cluster: bool) -> GemmPlan:
     if tile not in TILES:
         raise ArgumentError(f"unknown GEMM tile {tile!r}; expected one of {sorted(TILES)} "
                          f"or, on compute capability 9.0, {sorted(WGMMA_TILES)}")

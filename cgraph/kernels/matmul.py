@@ -49,7 +49,8 @@ def gemm_plan_for(a: Any, w: Any, *, out: Any, bias: Any = None, **force: Any) -
     """The plan :func:`gemm` runs for these arguments (None when M == 0: nothing runs).
 
     `force` takes plan_gemm's overrides (tile=, split=, streaming=, warps=, gemv_max_m=) for
-    tests and benchmarks; a forced plan still falls back when a or w is unaligned or K % 8.
+    tests and benchmarks, and invariant= (the batch-invariant plan); a forced plan still
+    falls back when a or w is unaligned or K % 8.
     """
     b = _GEMM.bind(a=a, w=w, out=out, bias=bias).on_device()
     return _plan(b, force) if b.dims["M"] else None
@@ -87,7 +88,7 @@ def launch_gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = Non
     return plan
 
 
-def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> Any:
+def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None, invariant: bool = False) -> Any:
     """out[M, N] = a[M, K] @ w[N, K].T (+ bias[N]) on tensor cores, fp32 accumulation.
 
     float16 or bfloat16, all C-contiguous, element-aligned. Any M >= 1 (M = 0 launches
@@ -98,9 +99,12 @@ def gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = None) -> A
     kernels on sm_90 split K over a thread-block cluster when the output has too few tiles
     to fill the GPU. The plan depends only on (M rounded up to its tile, N, K, dtype,
     device, alignment of a and w), so equal inputs give bit-identical outputs and a row's
-    result does not change when the batch is padded to a capture size.
+    result does not change when the batch is padded to a capture size. It can change with
+    M across those kernels' boundaries; invariant=True makes a row's bits independent of M
+    (batch invariance: the tiled kernel at every M, its K split fixed by (N, K)), at a cost
+    in speed at small and at large M.
     """
-    launch_gemm(a, w, out=out, bias=bias, stream=stream)
+    launch_gemm(a, w, out=out, bias=bias, stream=stream, invariant=bool(invariant))
     return out
 
 

@@ -114,15 +114,20 @@ class LlamaModel:
     """Device weights of a Llama decoder and its forward pass (see module doc)."""
 
     def __init__(self, cfg: LlamaConfig, weights: Mapping[str, np.ndarray] | None = None, *,
-                 seed: int = 0, array_module: Any = None) -> None:
+                 seed: int = 0, array_module: Any = None, batch_invariant: bool = False) -> None:
         """Upload weights (validated, or random from `seed`) to the device.
 
+        batch_invariant: every GEMM runs the batch-invariant plan (cgraph.kernels.gemm,
+        invariant=True), so a request's logits, and its tokens, do not depend on which
+        other requests share its steps or on its row (slower; the default plan already
+        makes graphs and eager agree for one workload, padding included).
         array_module: where the arrays live (default: CuPy on the current device). NumPy is
         accepted for host-side tests that substitute NumPy versions of the kernels.
         """
         cp = array_module if array_module is not None else require_device()
         self.xp = cp
         self.cfg = cfg
+        self.batch_invariant = bool(batch_invariant)
         host = init_weights(cfg, seed) if weights is None else validate_weights(cfg, weights)
         dev = lambda a: cp.ascontiguousarray(cp.asarray(a))  # noqa: E731
         self.embed = dev(host["model.embed_tokens.weight"])
@@ -185,6 +190,7 @@ class LlamaModel:
 
         cfg = self.cfg
         eps = cfg.rms_eps
+        inv = self.batch_invariant
         # decodes read the token their request sampled last step, still on the device
         K.feed_tokens(inp.input_ids, inp.token_source, ws.sampled)
         K.embedding(inp.input_ids, self.embed, out=ws.residual)
@@ -193,21 +199,21 @@ class LlamaModel:
                 K.rms_norm(ws.residual, layer["input_norm"], eps, out=ws.hidden)
             else:
                 K.rms_norm(ws.delta, layer["input_norm"], eps, out=ws.hidden, residual=ws.residual)
-            K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv)
+            K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv, invariant=inv)
             k_cache, v_cache = kv_cache[n]
             # rotary on q and k, and this step's k and v into the paged cache, in one launch
             K.rotary_and_cache(inp.positions, ws.q, ws.k3, ws.v3, self.cos_sin, k_cache, v_cache,
                                inp.slot_mapping)
             self._attention(ws.q3, k_cache, v_cache, inp, ws.attn3, max_query_len, self.scale)
-            K.gemm(ws.attn, layer["wo"], out=ws.delta)
+            K.gemm(ws.attn, layer["wo"], out=ws.delta, invariant=inv)
             K.rms_norm(ws.delta, layer["post_norm"], eps, out=ws.hidden, residual=ws.residual)
-            K.gemm(ws.hidden, layer["w_gate_up"], out=ws.gate_up)
+            K.gemm(ws.hidden, layer["w_gate_up"], out=ws.gate_up, invariant=inv)
             K.silu_and_mul(ws.gate_up, out=ws.act)
-            K.gemm(ws.act, layer["w_down"], out=ws.delta)
+            K.gemm(ws.act, layer["w_down"], out=ws.delta, invariant=inv)
         K.rms_norm(ws.delta, self.final_norm, eps, out=ws.hidden, residual=ws.residual)
         # gather each sequence's last row (embedding is a row gather over the T hidden rows)
         K.embedding(inp.logits_indices, ws.hidden, out=ws.last)
-        K.gemm(ws.last, self.lm_head, out=ws.logits)
+        K.gemm(ws.last, self.lm_head, out=ws.logits, invariant=inv)
         if inp.sampling is None:
             K.argmax(ws.logits, out=ws.next_tokens)
         else:
