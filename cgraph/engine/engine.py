@@ -35,6 +35,7 @@ from cgraph.core.fallbacks import REFUSED, FallbackLog, fallback_cause
 from cgraph.core.modes import GraphMode
 from cgraph.cuda.device import require_device
 from cgraph.engine.blocks import BLOCK_SIZE, num_blocks_for
+from cgraph.engine.heap import frozen_heap
 from cgraph.engine.loop import RING, GenerationResult, StepSlot, enqueue_step, generate, resolve_step
 from cgraph.engine.memory import MemoryPlan, kv_block_bytes, plan_kv_cache
 from cgraph.engine.metadata import MetadataLayout, build_metadata
@@ -294,6 +295,8 @@ class Engine:
 
         overlap (default: the engine's): True overlaps host and GPU; False waits for every
         step's tokens before scheduling the next (for debugging and comparison).
+        Both loops run with the objects alive at the call frozen from the garbage collector
+        (cgraph.engine.heap.frozen_heap), so its full passes do not stall the host loop.
         """
         requests = list(requests)
         mcfg = self.model.cfg
@@ -308,7 +311,8 @@ class Engine:
                 raise ArgumentError(f"request {r.request_id!r}: stop token id {max(r.stop_token_ids)} is outside "
                                     f"the vocabulary of {mcfg.vocab_size}, so it could never be sampled; pass "
                                     "ids below vocab_size")
-        result = generate(self, requests, overlap=self.overlap if overlap is None else bool(overlap))
+        with frozen_heap():
+            result = generate(self, requests, overlap=self.overlap if overlap is None else bool(overlap))
         if self.fallbacks.counts:
             self.fallbacks.report()
         return result
