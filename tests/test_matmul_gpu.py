@@ -212,6 +212,38 @@ def test_unplanned_geometry_in_capture_raises_and_plan_matmul_fixes_it():
         g.close()
 
 
+@pytest.mark.parametrize("dt", ("float16", "bfloat16"))
+def test_autotuned_plan_replaces_the_heuristic_one_and_captures(dt):
+    """plan_matmul(autotune=True) times the candidates in graphs, keeps one plan for the
+    geometry, and the graph it then captures computes the product; a graph captured with
+    the heuristic plan before keeps computing it too."""
+    import cupy as cp
+
+    import cgraph
+    from cgraph.cuda import blas
+
+    a, b = _base(cp, (96, 256), dt), _base(cp, (192, 256), dt).T
+    out_h, out_t = empty(cp, (96, 192), dt), empty(cp, (96, 192), dt)
+    blas.clear_plans()
+    g_heur = cgraph.capture(lambda: cgraph.matmul(a, b, out=out_h))
+    assert blas.cached_plans() == 1
+    try:
+        blas.plan_matmul(a, b, out=out_t, autotune=True)
+        assert blas.cached_plans() == 1, "the tuned plan must replace the heuristic one"
+        with cgraph.capture(lambda: cgraph.matmul(a, b, out=out_t), warmup=0) as g_tune:
+            for _ in range(2):
+                a[...] = _base(cp, (96, 256), dt)
+                poison(cp, out_h)
+                poison(cp, out_t)
+                g_heur.replay()
+                g_tune.replay()
+                cp.cuda.get_current_stream().synchronize()
+                _check(out_t, a, b, dt, "autotuned plan in a graph")
+                _check(out_h, a, b, dt, "heuristic plan's graph after the plan was replaced")
+    finally:
+        g_heur.close()
+
+
 @pytest.mark.parametrize("op", ("matmul", "at", "dot"))
 def test_cupy_matmul_in_capture_names_cgraph_matmul(op):
     import cupy as cp

@@ -43,8 +43,13 @@ from cgraph.cuda.interop import as_cupy
 from cgraph.cuda.session import is_capturing
 
 _INSTALL = "pip install 'cgraph-cupy[cuda13]' (or '[cuda12]' for a CUDA 12 driver)"
-_PLANS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+#: geometry -> (plan, algorithm): algorithm None runs the heuristic's first choice
+_PLANS: collections.OrderedDict[tuple, tuple[Any, Any]] = collections.OrderedDict()
 _PLAN_CAP = 512  # least recently used plans are freed past this many
+#: candidate algorithms an autotuning plan asks cuBLASLt's heuristic for
+TUNE_CANDIDATES = 16
+#: products per timed graph, timed replays per round, and rounds per candidate, when autotuning
+_TUNE_REPEAT, _TUNE_REPLAYS, _TUNE_ROUNDS = 8, 4, 3
 #: hand cuBLASLt the transposed problem (d.T = b.T @ a.T), so its output is column-major:
 #: the orientation CuPy gives cuBLAS for the same C-ordered arrays, so cuBLASLt's heuristic
 #: sees the problem cuBLAS solves. cgraph.bench.matmul measures the other order beside it
@@ -128,9 +133,9 @@ def matmul(a: Any, b: Any, *, out: Any = None) -> Any:
     if not out.flags.c_contiguous or cp.may_share_memory(out, a) or cp.may_share_memory(out, b):
         target = cp.empty(shape.out_shape, dtype=out.dtype)  # cuBLASLt writes a dense, unaliased D
     ae, be, ce = _operands(cp, a, b, target)
-    plan = _plan(ae, be, ce, stream)
+    plan, algorithm = _plan(ae, be, ce, stream)
     plan.reset_operands_unchecked(a=ae, b=be, c=ce)
-    plan.execute(release_workspace=True, stream=stream)
+    plan.execute(algorithm=algorithm, release_workspace=True, stream=stream)
     if target is not out:
         out[...] = target
     return out
@@ -141,9 +146,11 @@ def plan_matmul(a: Any, b: Any, *, out: Any = None, autotune: bool = False) -> N
 
     Call it outside a capture for a geometry the capture will meet but warm-up does not run
     (the plan depends on shapes, strides, dtype and pointer alignment, not on the data).
-    autotune: time cuBLASLt's candidate algorithms on these operands (it runs them, and
-    synchronizes) and keep the fastest instead of the heuristic's first choice; this
-    replaces a cached plan of the same geometry.
+    autotune: keep the fastest of cuBLASLt's first TUNE_CANDIDATES heuristic candidates
+    instead of its first choice, each timed as it will run: its products captured into a
+    CUDA graph and the replays timed on the GPU (it runs them on these operands, overwriting
+    `out`, and synchronizes); this replaces a cached plan of the same geometry, and graphs
+    captured before keep the algorithm they captured.
     """
     a, b, out = as_cupy(a), as_cupy(b), as_cupy(out)
     shape, _ = _check(a, b, out)
@@ -163,7 +170,7 @@ def cached_plans() -> int:
 def clear_plans() -> None:
     """Free every cached plan (outside any capture); later calls plan again."""
     while _PLANS:
-        _PLANS.popitem(last=False)[1].free()
+        _PLANS.popitem(last=False)[1][0].free()
 
 
 def _operands(cp: Any, a: Any, b: Any, out: Any) -> tuple[Any, Any, Any]:
@@ -194,33 +201,75 @@ def _readable(cp: Any, x: Any) -> Any:
     return x if blas_readable(x.shape, x.strides, x.itemsize) else cp.ascontiguousarray(x)
 
 
-def _plan(a: Any, b: Any, d: Any, stream: Any, autotune: bool = False) -> Any:
+def _plan(a: Any, b: Any, d: Any, stream: Any, autotune: bool = False) -> tuple[Any, Any]:
     key = (a.device.id, _dtype(a), a.shape, a.strides, b.shape, b.strides, d.shape, d.strides,
            alignment(a.data.ptr), alignment(b.data.ptr), alignment(d.data.ptr))
-    plan = _PLANS.get(key)
-    if plan is not None and not autotune:
+    entry = _PLANS.get(key)
+    if entry is not None and not autotune:
         _PLANS.move_to_end(key)
-        return plan
+        return entry
     if is_capturing(stream):
         raise CaptureError(
             f"cgraph.matmul has no cuBLASLt plan for {_dtype(a)} a {list(a.shape)} (strides {a.strides}) @ "
             f"b {list(b.shape)} (strides {b.strides}) and cannot make one inside a stream capture (planning "
             f"may allocate and synchronize). Call cgraph.matmul once with the same shapes outside the "
-            f"capture first (cgraph.capture's warm-up, warmup >= 1, does this) or call "
+            f"capture first (cgraph.capture's warm-up run, warmup >= 1 and the default, does this) or call "
             f"cgraph.cuda.blas.plan_matmul(a, b, out=out) before capturing")
     matmul_class = _matmul_class()
     plan = matmul_class(a, b, c=d, beta=0.0, options={"inplace": True, "logger": _quiet_logger()}, stream=stream)
+    algorithm = None
     try:
-        plan.plan(stream=stream)
         if autotune:
-            plan.autotune(iterations=10, release_workspace=True, stream=stream)
+            from nvmath.linalg.advanced import MatmulPlanPreferences  # noqa: PLC0415 - optional dependency
+
+            plan.plan(preferences=MatmulPlanPreferences(limit=TUNE_CANDIDATES), stream=stream)
+            algorithm = _fastest(plan, stream)
+        else:
+            plan.plan(stream=stream)
     except BaseException:
         plan.free()
         raise
     old = _PLANS.pop(key, None)
     if old is not None:
-        old.free()
-    _PLANS[key] = plan
+        old[0].free()  # host-side descriptors only: graphs hold their own copies of the launches
+    _PLANS[key] = (plan, algorithm)
     while len(_PLANS) > _PLAN_CAP:
-        _PLANS.popitem(last=False)[1].free()
-    return plan
+        _PLANS.popitem(last=False)[1][0].free()
+    return plan, algorithm
+
+
+def _fastest(plan: Any, stream: Any) -> Any:
+    """The candidate algorithm of a planned Matmul with the least GPU time in a graph:
+    each candidate's graph is timed in turn, for _TUNE_ROUNDS rounds, and keeps its best
+    round (the first rounds also bring the GPU's clocks up; a drift hits every candidate)."""
+    from cgraph.cuda.graph import capture  # noqa: PLC0415 - graph imports this layer's neighbours
+
+    cp = require_device()
+    graphs = []
+    try:
+        for algorithm in plan.algorithms:
+            def products(alg: Any = algorithm) -> None:
+                for _ in range(_TUNE_REPEAT):
+                    plan.execute(algorithm=alg, release_workspace=True, stream=cp.cuda.get_current_stream())
+            try:
+                graphs.append((algorithm, capture(products, name="cgraph.matmul autotune")))
+            except CaptureError:
+                continue  # a candidate that does not capture is not a candidate
+        if not graphs:
+            raise CaptureError("cgraph.matmul autotune: none of cuBLASLt's candidate algorithms captured into "
+                               "a graph; plan without autotune=True")
+        best = [float("inf")] * len(graphs)
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        for _ in range(_TUNE_ROUNDS):
+            for i, (_, graph) in enumerate(graphs):
+                graph.replay(stream)  # uploads on first use; warms the caches
+                start.record(stream)
+                for _ in range(_TUNE_REPLAYS):
+                    graph.replay(stream)
+                end.record(stream)
+                end.synchronize()
+                best[i] = min(best[i], cp.cuda.get_elapsed_time(start, end))
+        return graphs[best.index(min(best))][0]
+    finally:
+        for _, graph in graphs:
+            graph.close()
