@@ -97,16 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="llama-1b,8-layer", help="comma-separated subset of the models")
     parser.add_argument("--ms", default=",".join(map(str, MS)), help="comma-separated M values")
     parser.add_argument("--max-flops", type=float, default=1e12, help="skip products larger than this (FLOPs)")
-    parser.add_argument("--workspace-mib", type=float, default=None,
-                        help="cgraph.cuda.blas.WORKSPACE_LIMIT for the run, MiB (default: as configured)")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     cp = require_device()
     import cgraph  # noqa: PLC0415 - a tool: the package root is fine here
-    from cgraph.cuda import blas  # noqa: PLC0415
-
-    if args.workspace_mib is not None:
-        blas.WORKSPACE_LIMIT = int(args.workspace_mib * 2**20)
 
     timer = Timer(cp)
     models = set(args.models.split(","))
@@ -132,8 +126,6 @@ def main(argv: list[str] | None = None) -> None:
         "of each graph's output (poisoned with NaN before its replay)",
         f"worst ratio graph/cuBLAS {worst:.3f} (as configured), {worst_col:.3f} (the other order), "
         f"{worst_tuned:.3f} (autotuned plan); target <= 1.03",
-        "cuBLASLt workspace limit: " + ("nvmath-python's default" if blas.WORKSPACE_LIMIT is None
-                                       else f"{blas.WORKSPACE_LIMIT / 2**20:g} MiB (cgraph.cuda.blas.WORKSPACE_LIMIT)"),
     ]
     write_results("matmul", rows, title="cgraph.matmul in a graph vs eager cuBLAS", notes=notes,
                   out_dir=args.out, extra={"repeat": REPEAT})

@@ -46,9 +46,6 @@ _INSTALL = "pip install 'cgraph-cupy[cuda13]' (or '[cuda12]' for a CUDA 12 drive
 #: geometry -> (plan, algorithm): algorithm None runs the heuristic's first choice
 _PLANS: collections.OrderedDict[tuple, tuple[Any, Any]] = collections.OrderedDict()
 _PLAN_CAP = 512  # least recently used plans are freed past this many
-#: workspace bytes cuBLASLt's heuristic may plan for (None: nvmath-python's default, a share
-#: of the device's memory); it decides which algorithms the heuristic considers
-WORKSPACE_LIMIT: int | None = None
 #: candidate algorithms an autotuning plan asks cuBLASLt's heuristic for
 TUNE_CANDIDATES = 16
 #: products per timed graph, timed replays per round, and rounds per candidate, when autotuning
@@ -219,10 +216,7 @@ def _plan(a: Any, b: Any, d: Any, stream: Any, autotune: bool = False) -> tuple[
             f"capture first (cgraph.capture's warm-up run, warmup >= 1 and the default, does this) or call "
             f"cgraph.cuda.blas.plan_matmul(a, b, out=out) before capturing")
     matmul_class = _matmul_class()
-    options = {"inplace": True, "logger": _quiet_logger()}
-    if WORKSPACE_LIMIT is not None:
-        options["memory_limit"] = int(WORKSPACE_LIMIT)
-    plan = matmul_class(a, b, c=d, beta=0.0, options=options, stream=stream)
+    plan = matmul_class(a, b, c=d, beta=0.0, options={"inplace": True, "logger": _quiet_logger()}, stream=stream)
     algorithm = None
     try:
         if autotune:
