@@ -1,9 +1,10 @@
 """The host heap during generation: keep Python's cyclic collector off the graphs' objects.
 
 A captured engine holds many long-lived Python objects (graphs, their argument trees and
-keep-alive lists, static buffer views). Every full collection the collector runs during a
-generation walks all of them again, and such a pass costs about as much as a step's host
-work, so it shows up as steps whose host side falls behind the GPU. `frozen_heap` moves
+keep-alive lists, static buffer views). A full collection during a generation walks all
+of them again, a pause of many steps' host work that leaves the GPU idle until the host
+catches up. Such collections are rare, so this is a stall now and then, not a steady
+cost. `frozen_heap` moves
 the objects alive when generation starts into the permanent generation (gc.freeze) for
 its duration: collections then scan only what generation itself allocates. Pure Python.
 """
