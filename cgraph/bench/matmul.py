@@ -86,7 +86,8 @@ def measure(cp: Any, cgraph: Any, timer: Timer, model: str, layer: str, n: int, 
             for g in (g_heur, g_gemm, g_col, g_tune):
                 g.close()
     row.update(cublas_us=cublas * 1e6, graph_us=heur * 1e6, ratio=heur / cublas, graph_col_us=col * 1e6,
-               ratio_col=col / cublas, graph_tuned_us=tuned * 1e6, ratio_tuned=tuned / cublas, gemm_graph_us=mine * 1e6, gemm_ratio=mine / cublas,
+               ratio_col=col / cublas, graph_tuned_us=tuned * 1e6, ratio_tuned=tuned / cublas,
+               gemm_graph_us=mine * 1e6, gemm_ratio=mine / cublas,
                err_graph=errs[0], err_col=errs[1], err_gemm=errs[2], err_tuned=errs[3])
     print(row, flush=True)
     return row

@@ -4,9 +4,9 @@ A captured engine holds many long-lived Python objects (graphs, their argument t
 keep-alive lists, static buffer views). A full collection during a generation walks all
 of them again, a pause of many steps' host work that leaves the GPU idle until the host
 catches up. Such collections are rare, so this is a stall now and then, not a steady
-cost. `frozen_heap` moves
-the objects alive when generation starts into the permanent generation (gc.freeze) for
-its duration: collections then scan only what generation itself allocates. Pure Python.
+cost. `frozen_heap` moves the objects alive when generation starts into the permanent
+generation (gc.freeze) for its duration: collections then scan only what generation
+itself allocates. Pure Python.
 """
 
 from __future__ import annotations
