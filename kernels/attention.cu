@@ -593,13 +593,60 @@ FLASH(flash_bf16_d128, BF16, 128)
 // form a thread-block cluster (sm_90):
 // every warp of every CTA leaves (max, sum, O) in shared memory and the CTAs merge them
 // through distributed shared memory in a fixed order (deterministic, no workspace, no atomics).
-template <class D, int DH, int NS, int KH, int WPH>
+// SERIAL: one CTA computes the NS splits one after another (the pipeline runs on across split
+// boundaries) with the same per-split and merge arithmetic, so its bits equal the cluster's:
+// for large batches, where the cluster's short splits leave the multiprocessors waiting.
+
+// A warp's partials (max, sum, unnormalized O of its 16 rows) into shared memory: max and
+// sum at pm/pl[warp], O at pw (16 x DH floats).
+template <int DH>
+__device__ __forceinline__ void fa_dec_partials(float (*pm)[16], float (*pl)[16], float* pw, int warp, int gr, int tq,
+                                                float m0, float m1, float l0, float l1, const float (&o)[DH / 8][4]) {
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  if (tq == 0) {
+    pm[warp][gr] = m0; pl[warp][gr] = l0;
+    pm[warp][gr + 8] = m1; pl[warp][gr + 8] = l1;
+  }
+#pragma unroll
+  for (int j = 0; j < DH / 8; ++j) {
+    *reinterpret_cast<float2*>(pw + gr * DH + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
+    *reinterpret_cast<float2*>(pw + (gr + 8) * DH + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
+  }
+}
+
+// Merge the WPH warps w0..w0+WPH-1 for element e2 (row `row`) of a head: its (max, sum, O).
+// Warp w's O lies at lo + w*16*DH for w < half, else at hi + (w-half)*16*DH.
+template <int DH, int WPH>
+__device__ __forceinline__ void fa_dec_merge_warps(const float (*pm)[16], const float (*pl)[16], const float* lo,
+                                                   const float* hi, int half, int w0, int e2, int row, float& mx,
+                                                   float& L, float& A) {
+  const float NEG_INF = -__int_as_float(0x7f800000);
+  mx = NEG_INF;
+#pragma unroll
+  for (int w = 0; w < WPH; ++w) mx = fmaxf(mx, pm[w0 + w][row]);
+  const float base = (mx == NEG_INF) ? 0.f : mx;
+  L = 0.f;
+  A = 0.f;
+#pragma unroll
+  for (int w = 0; w < WPH; ++w) {
+    const int wi = w0 + w;
+    const float a = exp2f(pm[wi][row] - base);  // 0 for a warp that saw no key
+    L += pl[wi][row] * a;
+    A += (wi < half ? lo + wi * 16 * DH : hi + (wi - half) * 16 * DH)[e2] * a;
+  }
+}
+
+template <class D, int DH, int NS, int KH, int WPH, bool SERIAL>
 __device__ __forceinline__ void flash_decode_body(
     u16* __restrict__ out, const u16* __restrict__ q, const u16* __restrict__ kb, const u16* __restrict__ vb,
     const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ seq_lens,
     const int* __restrict__ qsl, const int* __restrict__ num_seqs_ptr, int n_seq_cap, int mixed, int Hq,
     int Hkv, i64 q_stride, float scale_log2) {
   static_assert(NS == 1 || KH == 1, "the cluster merge handles one KV head per CTA");
+  static_assert(!SERIAL || (NS > 1 && WPH % 2 == 0), "serial splits: NS > 1, a stage holds the warps' partials");
   // WPH warps per head, each owning 16 keys of every BK-key tile
   constexpr int BK = 16 * WPH, NW = WPH * KH, NT = 32 * NW, STAGES = 3, CH = DH / 8;
   constexpr int TILE = BK * DH * 2, STAGE = KH * TILE;
@@ -612,7 +659,7 @@ __device__ __forceinline__ void flash_decode_body(
   const float NEG_INF = -__int_as_float(0x7f800000);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int hw = warp / WPH, wk = warp % WPH;  // this warp's head in the CTA and key slice
-  const int rank = blockIdx.x, kvh0 = blockIdx.y * KH, sq = blockIdx.z;  // sq: sequence
+  const int rank = SERIAL ? 0 : blockIdx.x, kvh0 = blockIdx.y * KH, sq = blockIdx.z;  // sq: sequence
   const int G = Hq / Hkv;
   const i64 k_stride = (i64)Hkv * DH, head_off = (i64)kvh0 * DH;
 
@@ -630,7 +677,8 @@ __device__ __forceinline__ void flash_decode_body(
   }
   const int ntiles = n_keys > 0 ? (n_keys + BK - 1) / BK : 0;
   const int per = (ntiles + NS - 1) / NS;
-  const int t0 = min(rank * per, ntiles), t1 = min(t0 + per, ntiles);
+  // this CTA's key tiles [tb, te): its split's, or (SERIAL) every split's, one after another
+  const int tb = SERIAL ? 0 : min(rank * per, ntiles), te = SERIAL ? ntiles : min(tb + per, ntiles);
   const int* bt = block_tables + (i64)(n_keys > 0 ? sq : 0) * max_blocks;
 
   const u32 aQ = fa_smem(sQ), aK = fa_smem(sK), aV = fa_smem(sV);
@@ -642,126 +690,156 @@ __device__ __forceinline__ void flash_decode_body(
   }
 #pragma unroll
   for (int st = 0; st < STAGES - 1; ++st) {
-    if (t0 + st < t1)
-      fa_load_kv<DH, NT, KH, BK>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, (t0 + st) * BK,
+    if (tb + st < te)
+      fa_load_kv<DH, NT, KH, BK>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, (tb + st) * BK,
                              n_keys, k_stride, k_stride, head_off);
     fa_commit();
   }
   const int gr = lane >> 2, tq = lane & 3;
   u32 qf[DH / 16][4];
   float o[DH / 8][4];
+  float m0, m1, l0, l1;
+  // SERIAL: split sp's merged (max, sum) per row and O per element of this thread
+  constexpr int EMAX = (16 * DH + NT - 1) / NT;
+  __shared__ float rm[SERIAL ? NS : 1][16], rl[SERIAL ? NS : 1][16];
+  float ra[SERIAL ? NS : 1][SERIAL ? EMAX : 1];
+  for (int sp = 0; sp < (SERIAL ? NS : 1); ++sp) {
+    const int t0 = SERIAL ? min(sp * per, ntiles) : tb, t1 = SERIAL ? min(t0 + per, ntiles) : te;
 #pragma unroll
-  for (int j = 0; j < DH / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
-  for (int kt = t0; kt < t1; ++kt) {
-    fa_wait<STAGES - 2>();
-    __syncthreads();
-    {
-      const int nx = kt + STAGES - 1;
-      if (nx < t1) {
-        const int st = (nx - t0) % STAGES;
-        fa_load_kv<DH, NT, KH, BK>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, nx * BK, n_keys,
-                               k_stride, k_stride, head_off);
+    for (int j = 0; j < DH / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    m0 = NEG_INF; m1 = NEG_INF; l0 = 0.f; l1 = 0.f;
+    for (int kt = t0; kt < t1; ++kt) {
+      fa_wait<STAGES - 2>();
+      __syncthreads();
+      {
+        const int nx = kt + STAGES - 1;
+        if (nx < te) {
+          const int st = (nx - tb) % STAGES;
+          fa_load_kv<DH, NT, KH, BK>(aK + st * STAGE, aV + st * STAGE, kb, vb, 1, bt, block_size, 0, nx * BK, n_keys,
+                                 k_stride, k_stride, head_off);
+        }
+        fa_commit();
       }
-      fa_commit();
-    }
-    if (kt == t0) {
+      if (kt == tb) {
 #pragma unroll
-      for (int kk = 0; kk < DH / 16; ++kk)
-        fa_ldm4(qf[kk], aQ + hw * 16 * DH * 2 + fa_swz<DH>(lane & 15, kk * 2 + (lane >> 4)));
-    }
-    const int st = (kt - t0) % STAGES;
-    const u32 k_s = aK + st * STAGE + hw * TILE, v_s = aV + st * STAGE + hw * TILE;
-    float s[2][4];
+        for (int kk = 0; kk < DH / 16; ++kk)
+          fa_ldm4(qf[kk], aQ + hw * 16 * DH * 2 + fa_swz<DH>(lane & 15, kk * 2 + (lane >> 4)));
+      }
+      const int st = (kt - tb) % STAGES;
+      const u32 k_s = aK + st * STAGE + hw * TILE, v_s = aV + st * STAGE + hw * TILE;
+      float s[2][4];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+      for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < DH / 16; ++kk) {
-      u32 r[4];
-      fa_ldm4(r, k_s + fa_swz<DH>(wk * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
-      FaMma<D>::run(s[0], qf[kk], r[0], r[1]);
-      FaMma<D>::run(s[1], qf[kk], r[2], r[3]);
-    }
-    const int kbase = kt * BK + wk * 16 + 2 * tq;
-    float mx0 = m0, mx1 = m1;
+      for (int kk = 0; kk < DH / 16; ++kk) {
+        u32 r[4];
+        fa_ldm4(r, k_s + fa_swz<DH>(wk * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
+        FaMma<D>::run(s[0], qf[kk], r[0], r[1]);
+        FaMma<D>::run(s[1], qf[kk], r[2], r[3]);
+      }
+      const int kbase = kt * BK + wk * 16 + 2 * tq;
+      float mx0 = m0, mx1 = m1;
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int k0 = kbase + j * 8;
-      s[j][0] = (k0 < n_keys) ? s[j][0] * scale_log2 : NEG_INF;
-      s[j][1] = (k0 + 1 < n_keys) ? s[j][1] * scale_log2 : NEG_INF;
-      s[j][2] = (k0 < n_keys) ? s[j][2] * scale_log2 : NEG_INF;
-      s[j][3] = (k0 + 1 < n_keys) ? s[j][3] * scale_log2 : NEG_INF;
-      mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float b0 = (mx0 == NEG_INF) ? 0.f : mx0, b1 = (mx1 == NEG_INF) ? 0.f : mx1;
-    const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
-    m0 = mx0;
-    m1 = mx1;
-    float ps0 = 0.f, ps1 = 0.f;
+      for (int j = 0; j < 2; ++j) {
+        const int k0 = kbase + j * 8;
+        s[j][0] = (k0 < n_keys) ? s[j][0] * scale_log2 : NEG_INF;
+        s[j][1] = (k0 + 1 < n_keys) ? s[j][1] * scale_log2 : NEG_INF;
+        s[j][2] = (k0 < n_keys) ? s[j][2] * scale_log2 : NEG_INF;
+        s[j][3] = (k0 + 1 < n_keys) ? s[j][3] * scale_log2 : NEG_INF;
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float b0 = (mx0 == NEG_INF) ? 0.f : mx0, b1 = (mx1 == NEG_INF) ? 0.f : mx1;
+      const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
+      m0 = mx0;
+      m1 = mx1;
+      float ps0 = 0.f, ps1 = 0.f;
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      s[j][0] = exp2f(s[j][0] - b0);
-      s[j][1] = exp2f(s[j][1] - b0);
-      s[j][2] = exp2f(s[j][2] - b1);
-      s[j][3] = exp2f(s[j][3] - b1);
-      ps0 += s[j][0] + s[j][1];
-      ps1 += s[j][2] + s[j][3];
-    }
-    l0 = l0 * a0 + ps0;
-    l1 = l1 * a1 + ps1;
-    u32 pa[4];
-    pa[0] = FaMma<D>::pack(s[0][0], s[0][1]);
-    pa[1] = FaMma<D>::pack(s[0][2], s[0][3]);
-    pa[2] = FaMma<D>::pack(s[1][0], s[1][1]);
-    pa[3] = FaMma<D>::pack(s[1][2], s[1][3]);
+      for (int j = 0; j < 2; ++j) {
+        s[j][0] = exp2f(s[j][0] - b0);
+        s[j][1] = exp2f(s[j][1] - b0);
+        s[j][2] = exp2f(s[j][2] - b1);
+        s[j][3] = exp2f(s[j][3] - b1);
+        ps0 += s[j][0] + s[j][1];
+        ps1 += s[j][2] + s[j][3];
+      }
+      l0 = l0 * a0 + ps0;
+      l1 = l1 * a1 + ps1;
+      u32 pa[4];
+      pa[0] = FaMma<D>::pack(s[0][0], s[0][1]);
+      pa[1] = FaMma<D>::pack(s[0][2], s[0][3]);
+      pa[2] = FaMma<D>::pack(s[1][0], s[1][1]);
+      pa[3] = FaMma<D>::pack(s[1][2], s[1][3]);
 #pragma unroll
-    for (int dp = 0; dp < DH / 16; ++dp) {
-      u32 r[4];
-      fa_ldm4t(r, v_s + fa_swz<DH>(wk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), dp * 2 + (lane >> 4)));
-      o[2 * dp][0] *= a0; o[2 * dp][1] *= a0; o[2 * dp][2] *= a1; o[2 * dp][3] *= a1;
-      o[2 * dp + 1][0] *= a0; o[2 * dp + 1][1] *= a0; o[2 * dp + 1][2] *= a1; o[2 * dp + 1][3] *= a1;
-      FaMma<D>::run(o[2 * dp], pa, r[0], r[1]);
-      FaMma<D>::run(o[2 * dp + 1], pa, r[2], r[3]);
+      for (int dp = 0; dp < DH / 16; ++dp) {
+        u32 r[4];
+        fa_ldm4t(r, v_s + fa_swz<DH>(wk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), dp * 2 + (lane >> 4)));
+        o[2 * dp][0] *= a0; o[2 * dp][1] *= a0; o[2 * dp][2] *= a1; o[2 * dp][3] *= a1;
+        o[2 * dp + 1][0] *= a0; o[2 * dp + 1][1] *= a0; o[2 * dp + 1][2] *= a1; o[2 * dp + 1][3] *= a1;
+        FaMma<D>::run(o[2 * dp], pa, r[0], r[1]);
+        FaMma<D>::run(o[2 * dp + 1], pa, r[2], r[3]);
+      }
     }
+    if (SERIAL) {
+      // close split sp: the stage of its last tile is free (the tiles in flight are the next two),
+      // so it holds the warps' partials; its merged (max, sum, O) go to rm, rl and ra[sp]
+      __syncthreads();  // every warp is done reading that stage
+      const int fs = (t1 - tb + STAGES - 1) % STAGES;
+      float* lo = reinterpret_cast<float*>(sK + fs * STAGE);
+      float* hi = reinterpret_cast<float*>(sV + fs * STAGE);
+      const int half = WPH / 2;
+      fa_dec_partials<DH>(pm, pl, warp < half ? lo + warp * 16 * DH : hi + (warp - half) * 16 * DH, warp, gr, tq,
+                          m0, m1, l0, l1, o);
+      __syncthreads();
+      for (int e = threadIdx.x, i = 0; e < G * DH; e += NT, ++i) {
+        const int row = e / DH;
+        float mx, L, A;
+        fa_dec_merge_warps<DH, WPH>(pm, pl, lo, hi, half, 0, e, row, mx, L, A);
+        ra[sp][i] = A;
+        if (e % DH == 0) { rm[sp][row] = mx; rl[sp][row] = L; }
+      }
+      __syncthreads();  // before the stage is refilled and pm, pl rewritten
+    }
+  }  // splits
+  if (SERIAL) {
+    // merge the NS splits in rank order, as the cluster does
+    u16* orow = out + (i64)t * Hq * DH + (i64)kvh0 * G * DH;
+    for (int e = threadIdx.x, i = 0; e < G * DH; e += NT, ++i) {
+      const int row = e / DH;
+      float mr[NS];
+      float mx = NEG_INF;
+#pragma unroll
+      for (int rk = 0; rk < NS; ++rk) {
+        mr[rk] = rm[rk][row];
+        mx = fmaxf(mx, mr[rk]);
+      }
+      const float base = (mx == NEG_INF) ? 0.f : mx;
+      float L = 0.f, A = 0.f;
+#pragma unroll
+      for (int rk = 0; rk < NS; ++rk) {
+        const float a = exp2f(mr[rk] - base);
+        L += rl[rk][row] * a;
+        A += ra[rk][i] * a;
+      }
+      orow[e] = D::from_f(L > 0.f ? A / L : 0.f);
+    }
+    return;
   }
   fa_wait<0>();
   __syncthreads();  // the stage buffers become the partial-result buffer
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  if (tq == 0) {
-    pm[warp][gr] = m0; pl[warp][gr] = l0;
-    pm[warp][gr + 8] = m1; pl[warp][gr + 8] = l1;
-  }
-  float* pw = po + warp * 16 * DH;
-#pragma unroll
-  for (int j = 0; j < DH / 8; ++j) {
-    *reinterpret_cast<float2*>(pw + gr * DH + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
-    *reinterpret_cast<float2*>(pw + (gr + 8) * DH + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
-  }
+  fa_dec_partials<DH>(pm, pl, po + warp * 16 * DH, warp, gr, tq, m0, m1, l0, l1, o);
   __syncthreads();
   // merge the WPH warps of each head: (max, sum, unnormalized O) per row; with a cluster, O goes
   // in place of warp 0's (each element is then read and written by one thread only)
   __shared__ float cm[16], cl[16];
   for (int e = threadIdx.x; e < KH * G * DH; e += NT) {
     const int hh = e / (G * DH), e2 = e - hh * G * DH, row = e2 / DH;
-    float mx = NEG_INF;
-#pragma unroll
-    for (int w = 0; w < WPH; ++w) mx = fmaxf(mx, pm[WPH * hh + w][row]);
-    const float base = (mx == NEG_INF) ? 0.f : mx;
-    float L = 0.f, A = 0.f;
-#pragma unroll
-    for (int w = 0; w < WPH; ++w) {
-      const float a = exp2f(pm[WPH * hh + w][row] - base);  // 0 for a warp that saw no key
-      L += pl[WPH * hh + w][row] * a;
-      A += po[(WPH * hh + w) * 16 * DH + e2] * a;
-    }
+    float mx, L, A;
+    fa_dec_merge_warps<DH, WPH>(pm, pl, po, po + (NW / 2) * 16 * DH, NW / 2, WPH * hh, e2, row, mx, L, A);
     if (NS == 1) {
       out[(i64)t * Hq * DH + (i64)kvh0 * G * DH + e] = D::from_f(L > 0.f ? A / L : 0.f);
     } else {
@@ -796,17 +874,20 @@ __device__ __forceinline__ void flash_decode_body(
   fa_cluster_sync();  // peers may still read this CTA's partials
 }
 
-#define FLASH_DEC(NAME, TAG, DH, NS, KH, WPH)                                                        \
-  extern "C" __global__ void __launch_bounds__(32 * KH * WPH) FA_CLUSTER_X(NS) NAME(                 \
+#define FLASH_DEC_KERNEL(NAME, TAG, DH, NS, KH, WPH, SERIAL, CLUSTER)                                \
+  extern "C" __global__ void __launch_bounds__(32 * KH * WPH) CLUSTER NAME(                          \
       u16* out, const u16* q, const u16* kb, const u16* vb, const int* block_tables, int max_blocks,  \
       int block_size, const int* seq_lens, const int* qsl, const int* num_seqs_ptr, int n_seq_cap,    \
       int mixed, int Hq, int Hkv, i64 q_stride, float scale_log2) {                                  \
     CG_PDL_ENTRY();                                                                                  \
-    flash_decode_body<TAG, DH, NS, KH, WPH>(out, q, kb, vb, block_tables, max_blocks, block_size,    \
-                                   seq_lens, qsl, num_seqs_ptr, n_seq_cap, mixed, Hq, Hkv, q_stride, \
-                                   scale_log2);                                                      \
+    flash_decode_body<TAG, DH, NS, KH, WPH, SERIAL>(out, q, kb, vb, block_tables, max_blocks,        \
+                                   block_size, seq_lens, qsl, num_seqs_ptr, n_seq_cap, mixed, Hq,    \
+                                   Hkv, q_stride, scale_log2);                                       \
   }
-// _s<NS>: one KV head per CTA (4 warps, 64-key tiles), NS CTAs per cluster. For large batches
+#define FLASH_DEC(NAME, TAG, DH, NS, KH, WPH) FLASH_DEC_KERNEL(NAME, TAG, DH, NS, KH, WPH, false, FA_CLUSTER_X(NS))
+#define FLASH_DEC_SERIAL(NAME, TAG, DH, NS) FLASH_DEC_KERNEL(NAME, TAG, DH, NS, 1, 4, true, )
+// _s<NS>: one KV head per CTA (4 warps, 64-key tiles), NS CTAs per cluster; _s4serial: the same
+// four splits in one CTA, bit for bit (no cluster: grid x is 1). For large batches
 // (no split) several KV heads per CTA, so that each key is one contiguous run of KH*DH*2 bytes:
 // _h2 (2 heads, 8 warps, 64-key tiles), _h2k32 (2 heads, 4 warps, 32-key tiles: half the
 // shared memory, two CTAs per SM), _h4k32 (4 heads, 8 warps, 32-key tiles).
@@ -814,7 +895,8 @@ __device__ __forceinline__ void flash_decode_body(
   FLASH_DEC(flash_decode_##DT##_d##DH##_s1, TAG, DH, 1, 1, 4)    \
   FLASH_DEC(flash_decode_##DT##_d##DH##_s2, TAG, DH, 2, 1, 4)    \
   FLASH_DEC(flash_decode_##DT##_d##DH##_s4, TAG, DH, 4, 1, 4)    \
-  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1, 4)
+  FLASH_DEC(flash_decode_##DT##_d##DH##_s8, TAG, DH, 8, 1, 4)    \
+  FLASH_DEC_SERIAL(flash_decode_##DT##_d##DH##_s4serial, TAG, DH, 4)
 #define FLASH_DEC_HEADS(TAG, DT, DH)                          \
   FLASH_DEC(flash_decode_##DT##_d##DH##_h2, TAG, DH, 1, 2, 4)    \
   FLASH_DEC(flash_decode_##DT##_d##DH##_h2k32, TAG, DH, 1, 2, 2) \

@@ -154,9 +154,10 @@ def test_paged_attention_decode_long_and_many_contexts(cp, dt, hq, hkv, d, ctx):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("variant", ["s1", "s2", "s4", "s8", "h2", "h2k32", "h4k32"])
+@pytest.mark.parametrize("variant", ["s1", "s2", "s4", "s8", "s4serial", "h2", "h2k32", "h4k32"])
 def test_paged_attention_decode_every_variant_on_a_small_batch(cp, dt, variant):
-    """Each decode kernel forced on one batch (by default the launcher picks by Hkv only)."""
+    """Each decode kernel forced on one batch (by default the launcher picks the arithmetic by
+    Hkv only, and the serial or cluster kernel of it by the batch)."""
     if variant in ("s2", "s4", "s8") and int(cp.cuda.Device().compute_capability) < 90:
         pytest.skip("key splits need thread-block clusters (sm_90)")
     tag = "f16" if dt == "float16" else "bf16"
@@ -231,3 +232,87 @@ def test_paged_attention_single_query_rows_are_batch_invariant(cp, dt, hq, hkv, 
         np.testing.assert_array_equal(got_d[:len(single)], got_m[rows],
                                       err_msg=f"decode launch (pad {pad}) vs mixed launch, seed={SEED}")
         assert not got_d[len(single):].any(), "padding rows must be zeros"
+
+
+def _split_twins(cp, dt, hq, hkv, d, ctx, variants):
+    """Every variant's output (forced) over one decode batch with lengths `ctx` and 3 padding rows."""
+    q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * len(ctx), ctx, len(ctx) + 3, hq, hkv, d)
+    outs = {}
+    for variant in variants:
+        out = empty(cp, (len(ctx) + 3, hq, d), dt)
+        poison(cp, out)
+        ran = launch_paged_attention(q, kc, vc, out=out, max_query_len=1, scale=1 / math.sqrt(d), variant=variant,
+                                     **args)
+        assert ran[0].endswith(f"_{variant}"), ran
+        outs[variant] = host(out)
+    return outs, hs
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d", [(32, 8, 64), (16, 4, 128), (8, 8, 64), (64, 4, 128), (24, 8, 128)])
+def test_serial_splits_give_the_cluster_kernels_bits(cp, dt, hq, hkv, d):
+    """s4serial computes the four key splits of s4 one after another in one CTA: the same bits
+    for every length (no keys, fewer tiles than splits, split boundaries inside and on tile
+    edges, long contexts), group size (1 to 16 query heads per KV head) and head size, so the
+    launcher may pick either by batch size without moving a token."""
+    if int(cp.cuda.Device().compute_capability) < 90:
+        pytest.skip("the cluster kernel needs thread-block clusters (sm_90)")
+    ctx = [0, 1, 2, 63, 64, 65, 127, 128, 129, 191, 192, 255, 256, 257, 511, 512, 513, 700, 2049]
+    ctx += [int(n) for n in RNG.integers(1, 1500, size=9)]
+    outs, hs = _split_twins(cp, dt, hq, hkv, d, ctx, ("s4", "s4serial"))
+    np.testing.assert_array_equal(outs["s4serial"], outs["s4"], err_msg=f"s4serial vs s4, seed={SEED}")
+    _paged_check(outs["s4"], hs, len(ctx), 1 / math.sqrt(d), dt, "decode s4")
+    assert not outs["s4serial"][len(ctx):].any() and not outs["s4serial"][0].any()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_a_sequence_gets_the_same_bits_from_a_small_and_a_large_batch(cp, dt):
+    """The default launch picks the cluster kernel for a small batch and its serial twin past
+    SERIAL_SPLITS_CTAS_PER_SM CTAs per multiprocessor: a sequence's row is the same bits in
+    both, alone or among many (what padded graphs replaying eager tokens rely on)."""
+    from cgraph.kernels.attention import decode_kernel
+    from cgraph.kernels.launch import device_facts
+
+    facts = device_facts()
+    if not facts.clusters:
+        pytest.skip("without clusters the default kernel does not depend on the batch")
+    hq, hkv, d = 32, 8, 64
+    big = next(r for r in range(1, 4096) if decode_kernel(r, hkv, facts.sm_count, True).endswith("serial"))
+    ctx = [int(n) for n in RNG.integers(1, 900, size=big)]
+    q, kc, vc, args, hs = _paged_setup(cp, dt, [1] * big, ctx, big, hq, hkv, d)
+    out = empty(cp, (big, hq, d), dt)
+    ran = launch_paged_attention(q, kc, vc, out=out, max_query_len=1, scale=0.125, **args)
+    assert ran[0].endswith("_s4serial"), ran
+    got_big = host(out)
+    _paged_check(got_big, hs, big, 0.125, dt, "large batch")
+    for row in RNG.choice(big, size=4, replace=False):
+        one = dict(block_tables=cp.asarray(hs["tables"][row:row + 1]), seq_lens=cp.asarray(hs["seq_lens"][row:row + 1]),
+                   query_start_loc=cp.asarray(np.array([0, 1], np.int32)),
+                   num_seqs=cp.asarray(np.array([1], np.int32)))
+        out1 = empty(cp, (1, hq, d), dt)
+        poison(cp, out1)
+        ran = launch_paged_attention(q[row:row + 1], kc, vc, out=out1, max_query_len=1, scale=0.125, **one)
+        assert ran[0].endswith("_s4"), ran
+        np.testing.assert_array_equal(host(out1)[0], got_big[row], err_msg=f"row {row} alone vs in {big}, seed={SEED}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_serial_splits_give_the_cluster_kernels_bits_in_the_mixed_launch(cp, dt):
+    """Next to the prefill kernel (one-query rows among chunks, spare sequence rows), the serial
+    twin writes the one-query rows with the cluster kernel's bits and leaves the rest alone."""
+    if int(cp.cuda.Device().compute_capability) < 90:
+        pytest.skip("the cluster kernel needs thread-block clusters (sm_90)")
+    hq, hkv, d = 16, 4, 128
+    q_lens = [20, 1, 1, 70, 1, 0, 1, 3, 1]
+    ctx = [20 + 5, 300, 1, 70, 129, 0, 64, 3 + 700, 1000]
+    q, kc, vc, args, hs = _paged_setup(cp, dt, q_lens, ctx, sum(q_lens) + 7, hq, hkv, d)
+    outs = {}
+    for variant in ("s4", "s4serial"):
+        out = empty(cp, (sum(q_lens) + 7, hq, d), dt)
+        poison(cp, out)
+        ran = launch_paged_attention(q, kc, vc, out=out, max_query_len=max(q_lens), scale=0.1, variant=variant,
+                                     **args)
+        assert len(ran) == 2 and ran[1].endswith(f"_{variant}"), ran
+        outs[variant] = host(out)
+    np.testing.assert_array_equal(outs["s4serial"], outs["s4"], err_msg=f"mixed launch, seed={SEED}")
+    _paged_check(outs["s4serial"], hs, len(ctx), 0.1, dt, "mixed launch, s4serial")

@@ -192,12 +192,17 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
     inp, ws = eng.views_for(batch, batch)
     layer, (kc, vc) = model.layers[0], eng.kv_cache[0]
     kv_bytes = batch * (context + 1) * 2 * cfg.kv_size * 2
+    from cgraph.kernels.attention import DECODE_SERIAL_SPLITS, DECODE_SPLITS, decode_kernel, launch_paged_attention
+    from cgraph.kernels.launch import device_facts
+
+    facts = device_facts()
+    default = decode_kernel(batch, cfg.num_kv_heads, facts.sm_count, facts.clusters)
     w = lambda name: layer[name].nbytes  # noqa: E731
     ops = [
         ("qkv gemm", lambda: K.gemm(ws.hidden, layer["w_qkv"], out=ws.qkv), w("w_qkv"), cfg.num_layers),
         ("rotary + kv write", lambda: K.rotary_and_cache(inp.positions, ws.q, ws.k3, ws.v3, model.cos_sin, kc, vc,
                                                          inp.slot_mapping), 0, cfg.num_layers),
-        ("paged attention", lambda: llama._attention(ws.q3, kc, vc, inp, ws.attn3, 1, model.scale),
+        (f"paged attention (kernel {default})", lambda: llama._attention(ws.q3, kc, vc, inp, ws.attn3, 1, model.scale),
          kv_bytes, cfg.num_layers),
         ("o gemm", lambda: K.gemm(ws.attn, layer["wo"], out=ws.delta), w("wo"), cfg.num_layers),
         ("rms_norm + residual (x2)", lambda: K.rms_norm(ws.delta, layer["post_norm"], cfg.rms_eps,
@@ -211,12 +216,8 @@ def op_breakdown(cp: Any, eng: Any, batch: int, context: int, reps: int = 20) ->
         ("argmax", lambda: K.argmax(ws.logits, out=ws.next_tokens), 0, 1),
     ]
     # the other decode attention kernels on this step (count 0: not in the step's sum)
-    from cgraph.kernels.attention import DECODE_SPLITS, default_decode_variant, launch_paged_attention
-    from cgraph.kernels.launch import device_facts
-
-    clusters = device_facts().clusters
-    default = default_decode_variant(cfg.num_kv_heads, clusters)
-    others = [v for v in [f"s{n}" for n in DECODE_SPLITS] + ["h2k32"] if clusters or v in ("s1", "h2k32")]
+    others = [v for v in [f"s{n}" for n in DECODE_SPLITS] + [f"s{n}serial" for n in DECODE_SERIAL_SPLITS]
+              + ["h2k32"] if facts.clusters or v in ("s1", "h2k32")]
     for variant in (v for v in others if v != default):
         ops.append((f"paged attention, kernel {variant} (not the default {default})",
                     lambda v=variant: launch_paged_attention(

@@ -38,8 +38,10 @@ class Timer:
         self.spin = cp.RawKernel(_SPIN_SRC, "spin")
         self.clock_hz = cp.cuda.Device().attributes["ClockRate"] * 1e3
 
-    def __call__(self, fn: Callable[[], Any], target_s: float = 0.02, reps: int = 5) -> float:
-        """Median seconds per call of fn."""
+    def __call__(self, fn: Callable[[], Any], target_s: float = 0.02, reps: int = 5, rest_s: float = 1e-3) -> float:
+        """Median seconds per call of fn. Each timed repetition waits behind a spin kernel
+        lasting at least rest_s (and twice the host time of the repetition's launches, so that
+        the host is never what the GPU waits for)."""
         cp = self.cp
         fn()
         cp.cuda.Device().synchronize()
@@ -54,7 +56,7 @@ class Timer:
         host = time.perf_counter() - t0
         cp.cuda.Device().synchronize()
         start, end = cp.cuda.Event(), cp.cuda.Event()
-        cycles = np.int64(min(max(2.0 * host, 1e-3), 0.5) * self.clock_hz)
+        cycles = np.int64(min(max(2.0 * host, rest_s), 0.5) * self.clock_hz)
         times = []
         for _ in range(reps):
             self.spin((1,), (1,), (cycles,))
@@ -65,6 +67,22 @@ class Timer:
             end.synchronize()
             times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3 / iters)
         return statistics.median(times)
+
+
+def interleaved(timer: Timer, sides: dict[str, Callable[[], Any]], rounds: int = 7,
+                target_s: float = 0.005, rest_s: float = 0.01) -> dict[str, list[float]]:
+    """Seconds per call of every side, one figure per round: each round times every side
+    once (timer(fn, target_s, reps=1, rest_s=rest_s)), starting one side later than the round
+    before, so a drift of the GPU's clock falls on all sides alike and a ratio of two sides
+    within a round compares like with like. Every side rests the same rest_s before it is
+    timed (unless its own launches take longer to issue): under power-bound work the
+    clock depends on how long the GPU idled first."""
+    names = list(sides)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(timer(sides[name], target_s=target_s, reps=1, rest_s=rest_s))
+    return times
 
 
 def random_array(cp: Any, shape, dtype, scale=1.0):

@@ -16,20 +16,28 @@ Every figure is GPU time per product on the timeline of the stream the work runs
 events recorded on it), queued behind a spin kernel so host launch costs never starve the
 GPU (cgraph.bench.kernels.Timer). A graph holds REPEAT back-to-back products, as a model's
 graph would, so the per-graph launch cost is spread as it is in use; the eager side runs
-REPEAT calls per timed iteration likewise. Ratios are graph / cuBLAS (target <= 1.03).
+REPEAT calls per timed iteration likewise. Sides are timed in ROUNDS interleaved rounds
+(every side once per round, the order rotated each round, each after the same rest, REST_S),
+because the GPU's clock drifts by up to ~10% within seconds under these products: a time is
+the median over rounds, and a ratio (target <= 1.03) the median over rounds of side /
+cuBLAS within the same round.
 Writes notebooks/results/matmul.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any
 
-from cgraph.bench.kernels import Timer, random_array
+from cgraph.bench.kernels import Timer, interleaved, random_array
 from cgraph.bench.report import add_out_argument, write_results
 from cgraph.cuda.device import require_device
 
 REPEAT = 10
+#: interleaved timing rounds per shape (each side timed once per round), and the rest (idle
+#: GPU, a spin kernel) before each timing
+ROUNDS, REST_S = 7, 0.01
 #: (model, layer, N, K): out[M, N] = x[M, K] @ w[N, K].T
 SHAPES = (
     ("llama-1b", "qkv", 3072, 2048), ("llama-1b", "o", 2048, 2048), ("llama-1b", "gate_up", 16384, 2048),
@@ -77,18 +85,19 @@ def measure(cp: Any, cgraph: Any, timer: Timer, model: str, layer: str, n: int, 
                 out.fill(cp.nan)
                 g.replay(stream)
                 errs.append(float(cp.abs(out.astype(cp.float32) - want.astype(cp.float32)).max()) / max(scale, 1e-30))
-            cublas = timer(eager) / REPEAT
-            heur = timer(lambda: g_heur.replay(stream)) / REPEAT
-            col = timer(lambda: g_col.replay(stream)) / REPEAT
-            mine = timer(lambda: g_gemm.replay(stream)) / REPEAT
-            tuned = timer(lambda: g_tune.replay(stream)) / REPEAT
+            sides = {"cublas": eager, "graph": lambda: g_heur.replay(stream),
+                     "graph_col": lambda: g_col.replay(stream), "gemm_graph": lambda: g_gemm.replay(stream),
+                     "graph_tuned": lambda: g_tune.replay(stream)}
+            times = interleaved(timer, sides, rounds=ROUNDS, rest_s=REST_S)
         finally:
             for g in (g_heur, g_gemm, g_col, g_tune):
                 g.close()
-    row.update(cublas_us=cublas * 1e6, graph_us=heur * 1e6, ratio=heur / cublas, graph_col_us=col * 1e6,
-               ratio_col=col / cublas, graph_tuned_us=tuned * 1e6, ratio_tuned=tuned / cublas,
-               gemm_graph_us=mine * 1e6, gemm_ratio=mine / cublas,
-               err_graph=errs[0], err_col=errs[1], err_gemm=errs[2], err_tuned=errs[3])
+    for name, ratio_name in (("cublas", None), ("graph", "ratio"), ("graph_col", "ratio_col"),
+                             ("graph_tuned", "ratio_tuned"), ("gemm_graph", "gemm_ratio")):
+        row[f"{name}_us"] = statistics.median(times[name]) / REPEAT * 1e6
+        if ratio_name:
+            row[ratio_name] = statistics.median([t / c for t, c in zip(times[name], times["cublas"])])
+    row.update(err_graph=errs[0], err_col=errs[1], err_gemm=errs[2], err_tuned=errs[3])
     print(row, flush=True)
     return row
 
@@ -118,7 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     worst_tuned = max((r["ratio_tuned"] for r in rows), default=float("nan"))
     notes = [
         "GPU time per product on the stream's timeline (events on that stream), float16, x[M, K] @ w[N, K].T; "
-        f"a graph holds {REPEAT} products back to back, eager cuBLAS runs {REPEAT} calls per timed iteration",
+        f"a graph holds {REPEAT} products back to back, eager cuBLAS runs {REPEAT} calls per timed iteration; "
+        f"every side timed once in each of {ROUNDS} interleaved rounds (order rotated, "
+        f"{REST_S * 1e3:.0f} ms rest before each): "
+        "times are medians over "
+        "rounds, ratios the median over rounds of side / cuBLAS in the same round",
         "cublas: eager cupy.matmul; graph: cgraph.matmul (cuBLASLt via nvmath-python, heuristic plan) replayed "
         "in a graph, as configured (cgraph.cuda.blas.COLUMN_MAJOR); graph_col: the same with the other order of "
         "D handed to cuBLASLt (COLUMN_MAJOR flipped); graph_tuned: the configured order with the plan "

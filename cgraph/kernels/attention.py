@@ -57,29 +57,59 @@ _MAX_GRID_Z = 65535  # the decode kernel puts rows (sequences) on grid z
 #: decode kernel variants: (KV heads per CTA, warps per head); keys per tile = 16 * warps per head
 DECODE_VARIANTS = {"s": (1, 4), "h2": (2, 4), "h2k32": (2, 2), "h4k32": (4, 2)}
 DECODE_SPLITS = (1, 2, 4, 8)
+#: key splits that also have a serial kernel ("s<N>serial"): the same N splits, one after
+#: another in one CTA, bit for bit what the cluster of N CTAs computes
+DECODE_SERIAL_SPLITS = (4,)
 
 
 #: key splits of the default decode kernel where thread-block clusters exist (sm_90+)
 DEFAULT_KEY_SPLITS = 4
+#: the default kernel computes the splits serially once the batch gives at least this many
+#: (sequence, KV head) CTAs per multiprocessor without splitting
+SERIAL_SPLITS_CTAS_PER_SM = 1.75
 
 
 def default_decode_variant(hkv: int, clusters: bool) -> str:
-    """The decode kernel used unless one is forced: depends on the head layout and the
-    device only.
+    """The decode arithmetic used unless a kernel is forced: depends on the head layout and
+    the device only.
 
     Never on the batch: a sequence's output is then the same bits at any batch size or
     padding, in the decode launch and in the mixed launch alike, which is what lets every
     graph mode generate exactly the eager tokens. With clusters, the keys of every
-    (sequence, KV head) are split over DEFAULT_KEY_SPLITS CTAs: the split count is a
+    (sequence, KV head) are split into DEFAULT_KEY_SPLITS parts: the split count is a
     constant and each split's tiles a function of the sequence's own length, and the
-    partials merge in rank order, so the bits stay batch invariant while one sequence
-    spreads over several multiprocessors (the decode benchmark's breakdown times every
-    variant at each batch). Without clusters, two KV heads per CTA (each key one contiguous
-    run) or one.
+    partials merge in rank order. Without clusters, two KV heads per CTA (each key one
+    contiguous run) or one. :func:`decode_kernel` picks which kernel computes it.
     """
     if clusters:
         return f"s{DEFAULT_KEY_SPLITS}"
     return "h2k32" if hkv % 2 == 0 else "s1"
+
+
+def decode_kernel(rows: int, hkv: int, sm_count: int, clusters: bool) -> str:
+    """The decode kernel for a launch of `rows` sequence rows: the default variant's cluster
+    kernel (its splits on separate multiprocessors, for small batches) or, once rows * hkv
+    CTAs fill SERIAL_SPLITS_CTAS_PER_SM per multiprocessor, its serial twin (no split's
+    short pipeline left waiting). The two compute the same bits, so this choice, which does
+    depend on the batch, changes no output (the GPU tests compare them bit for bit)."""
+    variant = default_decode_variant(hkv, clusters)
+    splits = int(variant[1:]) if variant[:1] == "s" and variant[1:].isdigit() else 0
+    if splits in DECODE_SERIAL_SPLITS and rows * hkv >= SERIAL_SPLITS_CTAS_PER_SM * sm_count:
+        return f"{variant}serial"
+    return variant
+
+
+def decode_kernel_parts(variant: str) -> tuple[str, int, bool]:
+    """(kind, splits, serial) of a decode variant name; NotFoundError for an unknown one."""
+    serial = variant.endswith("serial")
+    base = variant[:-len("serial")] if serial else variant
+    if base[:1] == "s" and base[1:].isdigit() and int(base[1:]) in (DECODE_SERIAL_SPLITS if serial else DECODE_SPLITS):
+        return "s", int(base[1:]), serial
+    if base in DECODE_VARIANTS and base != "s" and not serial:
+        return base, 1, False
+    raise NotFoundError(f"unknown decode variant {variant!r}; expected one of "
+                        f"{[f's{n}' for n in DECODE_SPLITS] + [f's{n}serial' for n in DECODE_SERIAL_SPLITS]}"
+                        f" or {[v for v in DECODE_VARIANTS if v != 's']}")
 
 
 def _geometry(b: Bound, scale: Any) -> float:
@@ -144,19 +174,18 @@ def _decode(q, k_cache, v_cache, out, b: Bound, block_tables, seq_lens, query_st
     their row query_start_loc[s]."""
     t, hq, hkv, d = b.dims["T"], b.dims["Hq"], b.dims["Hkv"], b.dims["D"]
     s, max_blocks, bs = b.dims["S"], b.dims["MB"], b.dims["BS"]
-    variant = variant or default_decode_variant(hkv, device_facts().clusters)
-    kind = "s" if variant[:1] == "s" and variant[1:].isdigit() else variant
-    if kind not in DECODE_VARIANTS or (kind == "s" and int(variant[1:]) not in DECODE_SPLITS):
-        raise NotFoundError(f"unknown decode variant {variant!r}; expected one of "
-                            f"{[f's{n}' for n in DECODE_SPLITS] + [v for v in DECODE_VARIANTS if v != 's']}")
-    splits = int(variant[1:]) if kind == "s" else 1
+    rows = s if mixed else t
+    if variant is None:
+        facts = device_facts()
+        variant = decode_kernel(rows, hkv, facts.sm_count, facts.clusters)
+    kind, splits, serial = decode_kernel_parts(variant)
     heads, wph = DECODE_VARIANTS[kind]
     if hkv % heads:
         raise ArgumentError(f"decode variant {variant!r} needs Hkv={hkv} to be a multiple of {heads}")
-    name = f"flash_decode_{tag(b.dtypes['q'])}_d{d}_" + (f"s{splits}" if kind == "s" else kind)
+    name = f"flash_decode_{tag(b.dtypes['q'])}_d{d}_" + (variant if kind == "s" else kind)
     smem = heads * (16 + 2 * _DECODE_STAGES * 16 * wph) * d * 2
     _prefer_shared(name, smem)
-    launch("attention", name, (splits, hkv // heads, s if mixed else t), 32 * heads * wph,
+    launch("attention", name, (1 if serial else splits, hkv // heads, rows), 32 * heads * wph,
            (out, q, k_cache, v_cache, block_tables, I32(max_blocks), I32(bs), seq_lens, query_start_loc,
             num_seqs, I32(s), I32(bool(mixed)), I32(hq), I32(hkv), I64(b.row_strides["q"]), F32(scale * _LOG2E)),
            stream, smem=smem)
@@ -169,9 +198,9 @@ def launch_paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, bloc
                            cuda_core: bool = False) -> tuple[str, ...]:
     """:func:`paged_attention`, returning the kernels it launched (in order).
 
-    For tests and benchmarks: `variant` forces the decode kernel ("s1".."s8", "h2",
-    "h2k32", "h4k32"; the default depends on Hkv only) and cuda_core=True the CUDA-core
-    kernel for every head size.
+    For tests and benchmarks: `variant` forces the decode kernel ("s1".."s8", "s4serial",
+    "h2", "h2k32", "h4k32"; by default :func:`decode_kernel`: the arithmetic depends on Hkv
+    only) and cuda_core=True the CUDA-core kernel for every head size.
     """
     b = _PAGED.bind(q=q, k_cache=k_cache, v_cache=v_cache, out=out, block_tables=block_tables,
                     seq_lens=seq_lens, query_start_loc=query_start_loc, num_seqs=num_seqs)
@@ -217,9 +246,10 @@ def paged_attention(q: Any, k_cache: Any, v_cache: Any, *, out: Any, block_table
     q rows may be strided; q, the caches and out must be 16-byte aligned (see the module).
 
     Batch invariance: for head sizes 64 and 128 a one-query sequence is always computed by
-    the same decode kernel (alone in the decode path; next to the prefill kernel in the mixed
-    path), whose choice depends on no batch property, so its row is bit-identical at any
-    batch size, padding or path. That is what lets a padded graph replay match eager exactly.
+    the same decode arithmetic (alone in the decode path; next to the prefill kernel in the
+    mixed path), whose choice depends on no batch property (the batch picks only between
+    two kernels of identical bits), so its row is bit-identical at any batch size, padding
+    or path. That is what lets a padded graph replay match eager exactly.
     """
     launch_paged_attention(q, k_cache, v_cache, out=out, block_tables=block_tables, seq_lens=seq_lens,
                            query_start_loc=query_start_loc, num_seqs=num_seqs, max_query_len=max_query_len,

@@ -31,7 +31,7 @@ def _attention() -> tuple[tuple[str, ...], ...]:
     parts.append(tuple(f"flash_{dt}_d{d}" for dt in ("f16", "bf16") for d in (64, 128)))
     for dt in ("f16", "bf16"):
         for d in (64, 128):
-            parts.append(tuple(f"flash_decode_{dt}_d{d}_s{s}" for s in (1, 2, 4, 8)))
+            parts.append(tuple(f"flash_decode_{dt}_d{d}_s{s}" for s in (1, 2, 4, 8)) + (f"flash_decode_{dt}_d{d}_s4serial",))
             parts.append(tuple(f"flash_decode_{dt}_d{d}_{v}" for v in ("h2", "h2k32", "h4k32")))
     return tuple(parts)
 
