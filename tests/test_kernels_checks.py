@@ -15,8 +15,8 @@ import pytest
 
 import cgraph.kernels as K
 from cgraph.core.errors import ArgumentError, ArgumentTypeError, CgraphError
-from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_SPLITS,
-                                      WGMMA_TILES, invariant_split, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
+from cgraph.kernels.gemm_plan import (STREAM_BM, STREAM_BN, STREAM_MAX_M, STREAM_WARPS, TILES, WGMMA_SPLIT_FILL,
+                                      WGMMA_SPLITS, WGMMA_TILES, invariant_split, plan_gemm, tile_smem_bytes, wgmma_smem_bytes)
 from cgraph.kernels.spec import Arr, Spec
 from cgraph.kernels.tensor_map import encode_2d
 
@@ -308,6 +308,22 @@ def test_wgmma_tile_choice_follows_the_output_size():
     assert plan_gemm(128, 11008, 4096, **kw).kernel == "w128x128s6_s1"
     assert plan_gemm(2048, 11008, 4096, **kw).kernel.startswith("w128x256s4")
     assert plan_gemm(128, 1024, 1024, **kw).kernel == "w128x64s8_s4"  # 16 tiles: split K 4 ways
+
+
+@pytest.mark.parametrize("m", [8, 16, 32, 64])
+def test_wgmma_split_keeps_its_clusters_within_three_quarters_of_the_gpu(m):
+    """The H200 tuning run's decode shapes: 32 tiles split 2 ways (4 ways left clusters
+    waiting), 16 tiles 4 ways, 48 tiles 2 ways, 88 tiles and more unsplit."""
+    kw = dict(aligned=True, sm_count=132, cluster=True, wgmma=True, streaming=False)
+    assert plan_gemm(m, 2048, 8192, **kw).kernel == "w128x64s8_s2"  # Llama-1B down
+    assert plan_gemm(m, 2048, 2048, **kw).kernel == "w128x64s8_s2"  # Llama-1B o
+    assert plan_gemm(m, 3072, 2048, **kw).kernel == "w128x64s8_s2"  # Llama-1B qkv
+    assert plan_gemm(m, 1024, 2816, **kw).kernel == "w128x64s8_s4"  # 8-layer down
+    assert plan_gemm(m, 5632, 1024, **kw).kernel == "w128x64s8_s1"  # 8-layer gate_up
+    for sms in (78, 114, 132):
+        plan = plan_gemm(m, 2048, 8192, aligned=True, sm_count=sms, cluster=True, wgmma=True, streaming=False)
+        split = plan.grid[2]
+        assert split == 1 or plan.grid[0] * plan.grid[1] * split <= WGMMA_SPLIT_FILL * sms
 
 
 def test_tensor_map_rejects_what_the_tma_cannot_address():

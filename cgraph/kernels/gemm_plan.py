@@ -30,6 +30,10 @@ WGMMA_TILES: dict[str, tuple[int, int, int]] = {
     "w128x256s4": (128, 256, 4),
 }
 WGMMA_SPLITS = (1, 2, 4)
+#: share of the multiprocessors a K-split wgmma grid may fill (one CTA per SM): past about
+#: 3/4 the split's clusters no longer all fit at once and a second wave waits (H200 tuning
+#: run of the decode shapes, graph-timed with weights streamed from HBM; README, Known limits)
+WGMMA_SPLIT_FILL = 0.75
 #: row counts of the CUDA-core GEMV kernels (gemv_<dt>_m1/m2/m4).
 GEMV_ROWS = (1, 2, 4)
 #: largest M served by the CUDA-core GEMV kernel by default (weights streamed once per launch).
@@ -146,10 +150,10 @@ def _plan_wgmma(m: int, n: int, k: int, sm_count: int, tile: str | None, split: 
     ktiles = math.ceil(k / 64)
     if split is None:
         # One CTA per multiprocessor fits (the pipelines are deep): split K while the grid
-        # stays within one wave and each CTA keeps at least 4 slices to stream.
+        # stays within WGMMA_SPLIT_FILL of one wave and each CTA keeps at least 4 slices.
         split = 1
         for s in WGMMA_SPLITS[1:]:
-            if tiles * s <= sm_count and math.ceil(ktiles / s) >= 4:
+            if tiles * s <= WGMMA_SPLIT_FILL * sm_count and math.ceil(ktiles / s) >= 4:
                 split = s
     if split not in WGMMA_SPLITS:
         raise ArgumentError(f"wgmma GEMM split must be one of {WGMMA_SPLITS}, got {split}")
