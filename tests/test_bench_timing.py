@@ -1,11 +1,11 @@
-"""cgraph.bench.kernels.interleaved on the CPU, with a fake timer: every side timed once per
+"""cgraph.bench.timing.interleaved on the CPU, with a fake timer: every side timed once per
 round, the order rotated, and a clock drift cancelling out of same-round ratios."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cgraph.bench.kernels import interleaved
+from cgraph.bench.timing import interleaved
 
 
 class DriftingTimer:

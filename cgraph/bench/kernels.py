@@ -69,22 +69,6 @@ class Timer:
         return statistics.median(times)
 
 
-def interleaved(timer: Timer, sides: dict[str, Callable[[], Any]], rounds: int = 7,
-                target_s: float = 0.005, rest_s: float = 0.01) -> dict[str, list[float]]:
-    """Seconds per call of every side, one figure per round: each round times every side
-    once (timer(fn, target_s, reps=1, rest_s=rest_s)), starting one side later than the round
-    before, so a drift of the GPU's clock falls on all sides alike and a ratio of two sides
-    within a round compares like with like. Every side rests the same rest_s before it is
-    timed (unless its own launches take longer to issue): under power-bound work the
-    clock depends on how long the GPU idled first."""
-    names = list(sides)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(timer(sides[name], target_s=target_s, reps=1, rest_s=rest_s))
-    return times
-
-
 def random_array(cp: Any, shape, dtype, scale=1.0):
     """Device array of normal samples (times `scale`) in `dtype`; bf16 rounded to nearest even."""
     x = cp.random.standard_normal(shape, dtype=cp.float32) * scale

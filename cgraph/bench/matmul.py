@@ -30,7 +30,8 @@ import argparse
 import statistics
 from typing import Any
 
-from cgraph.bench.kernels import Timer, interleaved, random_array
+from cgraph.bench.kernels import Timer, random_array
+from cgraph.bench.timing import interleaved
 from cgraph.bench.report import add_out_argument, write_results
 from cgraph.cuda.device import require_device
 
