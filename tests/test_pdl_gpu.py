@@ -110,3 +110,36 @@ def test_pdl_kernels_inside_a_while_loop_body_replay_with_correct_trip_counts(pd
             assert int(n.get()[0]) == trips
     finally:
         g.close()
+
+
+@pytest.mark.parametrize("rows,invariant", [(1, False), (16, False), (64, False), (300, False), (64, True)])
+def test_a_gemm_reads_weights_its_predecessor_wrote_in_the_same_graph(pdl_setting, rows, invariant):
+    """With programmatic launch a GEMM may start while its predecessor still runs; when
+    that predecessor writes the GEMM's weights (here another GEMM), the product must still
+    use the new weights: the GEMV (1 row), streaming (16), wgmma with a K split (64), wgmma
+    (300) and the batch-invariant tiled kernel, each against the eager chain."""
+    _needs_sm90()
+    n, k, j = 1024, 2048, 64
+    a = _half((rows, k))
+    src, mix = _half((n, j)), _half((k, j), 0.1)
+    w = cp.empty((n, k), cp.float16)
+    out = cp.empty((rows, n), cp.float16)
+
+    def chain():
+        K.gemm(src, mix, out=w)  # the weights of the next GEMM, written in the graph
+        return K.gemm(a, w, out=out, invariant=invariant)
+
+    g = capture(chain)
+    try:
+        assert g.programmatic_edges()[0] >= 1
+        for _ in range(3):  # fresh weights every replay; the old ones poisoned in memory
+            src[...] = _half((n, j))
+            poison(w)
+            poison(out)
+            g.replay()
+            want_w = K.gemm(src, mix, out=cp.empty_like(w))
+            want = K.gemm(a, want_w, out=cp.empty_like(out), invariant=invariant)
+            np.testing.assert_array_equal(_h(w), _h(want_w))
+            np.testing.assert_array_equal(_h(out), _h(want))
+    finally:
+        g.close()
