@@ -11,9 +11,8 @@
 //   gemv_<dt>_m<MR> (MR = 1, 2, 4): M <= MR rows; each warp streams one weight row with
 //     16-byte loads and fp32 FMA (decode: the weights' bytes dominate). Same needs as the
 //     tiled kernel (16-byte loads of a and w; scalar stores of out, scalar bias loads).
-//   gemv_<dt>_m8: M <= 32 rows; weights streamed straight into mma.sync fragments, no shared
-//     memory staging, next K group prefetched into registers (see below;
-//     the name is kept from the GEMV family the loader lists).
+//   gemm_<dt>_stream: M <= 32 rows; weights streamed straight into mma.sync fragments, no
+//     shared memory staging, next K group prefetched into registers (see below).
 //   gemm_fallback_<dt>: any K, any element-aligned pointers (scalar loads and stores only);
 //     smem tiles and fp32 FMA (slow, for odd K).
 #include "gemm_common.cuh"
@@ -301,7 +300,7 @@ GEMV(gemv_bf16_m2, BF16, 2)
 GEMV(gemv_bf16_m4, BF16, 4)
 #endif
 
-// ---- Streaming tensor-core path for skinny M (kernel name gemv_<dt>_m8) --------------------
+// ---- Streaming tensor-core path for skinny M (gemm_<dt>_stream) ---------------------------
 // Every weight element is used by exactly one warp, so weights skip shared memory: each lane
 // loads 16 bytes (8 consecutive k) of one weight row straight into mma.sync B fragments. The
 // MMA's 16 k slots are mapped onto real k as lane (r, q = lane % 4) holding k = q*8 .. q*8+7 of
@@ -447,8 +446,8 @@ __device__ __forceinline__ void gemm_stream_body(u16* __restrict__ out, const u1
     gemm_stream_body<TAG, 2, 2, 4>(out, a, w, bias, has_bias, M, N, K);                           \
   }
 #if CG_IN_PART(16)
-GEMM_STREAM(gemv_f16_m8, F16)
-GEMM_STREAM(gemv_bf16_m8, BF16)
+GEMM_STREAM(gemm_f16_stream, F16)
+GEMM_STREAM(gemm_bf16_stream, BF16)
 #endif
 
 // ---- Fallback: any K and alignment (scalar loads, fp32 FMA) --------------------------------

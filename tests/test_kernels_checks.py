@@ -222,7 +222,7 @@ def test_gemm_plan_covers_the_output_and_all_of_k(m, n, k):
         assert m <= 4 and plan.grid[0] * 8 >= n
         return
     if plan.kind == "stream":
-        assert plan.kernel == "m8" and m <= STREAM_MAX_M and plan.grid[0] * STREAM_BN >= n
+        assert plan.kernel == "stream" and m <= STREAM_MAX_M and plan.grid[0] * STREAM_BN >= n
         assert plan.block // 32 in STREAM_WARPS and plan.smem == plan.block // 32 * STREAM_BM * STREAM_BN * 4
         return
     tile, split = plan.kernel.split("_s")
@@ -280,7 +280,7 @@ def test_gemm_plan_depends_on_m_only_through_its_row_tiles(n, k):
                      for m in range(lo, hi + 1)}
             assert len(plans) == 1, (wgmma, lo, hi, plans)
             if wgmma and lo == 5:
-                streamed = plans == {"m8"}
+                streamed = plans == {"stream"}
                 # wgmma from M = 5 when the streaming kernel does not serve (N, K)
                 assert streamed or plans == {plan_gemm(100, n, k, aligned=True, sm_count=132,
                                                        cluster=True, wgmma=True).kernel}

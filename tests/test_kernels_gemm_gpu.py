@@ -13,7 +13,7 @@ import pytest
 
 import cgraph.kernels as K
 from cgraph.kernels import reference as ref
-from cgraph.kernels.gemm_plan import GEMV_ROWS, TILES, WGMMA_SPLITS, WGMMA_TILES
+from cgraph.kernels.gemm_plan import GEMV_MAX_M, GEMV_ROWS, TILES, WGMMA_SPLITS, WGMMA_TILES
 from cgraph.kernels.matmul import launch_gemm
 from tests._kernel_checks import RNG, assert_close, copy_into, dev, empty, gemm_atol, host, poison, rand, round_host
 
@@ -136,9 +136,32 @@ def test_gemm_wgmma_captured_in_a_graph_replays_with_new_inputs(cp, dt):
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
-def test_gemm_gemv_kernel_for_up_to_four_rows(cp, dt, m):
+@pytest.mark.parametrize("k", [1032, 8192])
+def test_gemm_gemv_kernel_for_up_to_four_rows(cp, dt, m, k):
+    # K = 1032: a lane's last group of loads is partial; 8192: eight groups per row
     rows = next(r for r in GEMV_ROWS if r >= m)
-    _gemm_case(cp, dt, m, 777, 1032, bias=bool(m % 2), expect_kind="gemv", expect_kernel=f"m{rows}")
+    _gemm_case(cp, dt, m, 777, k, bias=bool(m % 2), expect_kind="gemv", expect_kernel=f"m{rows}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_gemm_gemv_kernels_give_a_row_the_same_bits_at_every_row_count(cp, dt):
+    """Every GEMV kernel (1, 2 and 4 rows) sums a row's products in one order, so a row's
+    output does not depend on M within the GEMV range or on the row's place in the batch."""
+    n, k = 1000, 4104
+    a_h = round_host(rand((GEMV_MAX_M, k)), dt)
+    a, w = dev(cp, a_h, dt), dev(cp, round_host(rand((n, k), 1 / math.sqrt(k)), dt), dt)
+    first_seen = {}  # input row -> its output bits the first time it ran
+    for m in range(1, GEMV_MAX_M + 1):
+        for first in range(0, GEMV_MAX_M + 1 - m):
+            out = empty(cp, (m, n), dt)
+            plan = launch_gemm(a[first:first + m], w, out=out)
+            assert plan.kind == "gemv", plan
+            bits = out.view(cp.uint16).get()
+            for i in range(m):
+                want = first_seen.setdefault(first + i, bits[i])
+                np.testing.assert_array_equal(bits[i], want, err_msg=f"row {first + i} at M={m} ({plan.kernel})")
+    assert_close(host(out), ref.gemm(a_h, host(w), None), dt, f"M={GEMV_MAX_M} against NumPy",
+                 atol=gemm_atol(a_h, host(w), None, fallback=False))
 
 
 @pytest.mark.parametrize("dt", DTYPES)
@@ -147,7 +170,7 @@ def test_gemm_gemv_kernel_for_up_to_four_rows(cp, dt, m):
 def test_gemm_streaming_kernel_any_n_and_k(cp, dt, m, warps):
     # N not a multiple of the 16-wide slice, K not a multiple of the 128-wide K group
     n, k = int(RNG.integers(1, 700)), 8 * int(RNG.integers(1, 300))
-    plan = _gemm_case(cp, dt, m, n, k, bias=bool(m % 2), expect_kind="stream", expect_kernel="m8",
+    plan = _gemm_case(cp, dt, m, n, k, bias=bool(m % 2), expect_kind="stream", expect_kernel="stream",
                       streaming=True, warps=warps)
     assert plan.block == 32 * warps
 

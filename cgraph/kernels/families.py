@@ -12,7 +12,7 @@ compile check fails if a part's cubin lacks any name listed for it.
 from __future__ import annotations
 
 from cgraph.core.errors import ArgumentError, NotFoundError
-from cgraph.kernels.gemm_plan import WGMMA_SPLITS, WGMMA_TILES
+from cgraph.kernels.gemm_plan import GEMV_ROWS, WGMMA_SPLITS, WGMMA_TILES
 
 #: oldest architecture the kernels support (cp.async, bf16 mma.sync, ldmatrix: sm_80).
 MIN_ARCH = 80
@@ -43,8 +43,8 @@ def _gemm() -> tuple[tuple[str, ...], ...]:
         for s in (1, 2, 4, 8):
             parts.append(tuple(f"gemm_{dt}_{t}_s{s}" for t in ("t16", "t32", "t64")))
             parts.append(tuple(f"gemm_{dt}_{t}_s{s}" for t in ("t128", "t256")))
-    small = [f"gemv_{dt}_m{m}" for dt in ("f16", "bf16") for m in (1, 2, 4)]
-    small += [f"gemv_{dt}_m8" for dt in ("f16", "bf16")]
+    small = [f"gemv_{dt}_m{m}" for dt in ("f16", "bf16") for m in GEMV_ROWS]
+    small += [f"gemm_{dt}_stream" for dt in ("f16", "bf16")]
     small += [f"gemm_fallback_{dt}" for dt in ("f16", "bf16")]
     parts.append(tuple(small))
     return tuple(parts)

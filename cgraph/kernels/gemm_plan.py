@@ -38,7 +38,7 @@ WGMMA_SPLIT_FILL = 0.75
 GEMV_ROWS = (1, 2, 4)
 #: largest M served by the CUDA-core GEMV kernel by default (weights streamed once per launch).
 GEMV_MAX_M = 4
-#: the streaming tensor-core kernel (gemv_<dt>_m8): rows, N slice per CTA, warps per CTA.
+#: the streaming tensor-core kernel (gemm_<dt>_stream): rows, N slice per CTA, warps per CTA.
 STREAM_MAX_M = 32
 STREAM_BN = 16
 STREAM_BM = 32
@@ -135,7 +135,7 @@ class GemmPlan:
     """One launch: kernel name suffix (without dtype), grid, block, shared memory, K split."""
 
     kind: str  # "wgmma", "tile", "gemv", "stream" or "fallback"
-    kernel: str  # e.g. "t64_s4", "m2", "m8" (the streaming kernel), "fallback"
+    kernel: str  # e.g. "t64_s4", "m2", "stream", "fallback"
     grid: tuple[int, int, int]
     block: int
     smem: int = 0
@@ -204,7 +204,7 @@ def plan_gemm(m: int, n: int, k: int, *, aligned: bool, sm_count: int, cluster: 
         w = stream_warps(n, k, sm_count) if warps is None else warps
         if w not in STREAM_WARPS:
             raise ArgumentError(f"streaming GEMM warps must be one of {STREAM_WARPS}, got {w}")
-        return GemmPlan("stream", "m8", (math.ceil(n / STREAM_BN), 1, 1), 32 * w,
+        return GemmPlan("stream", "stream", (math.ceil(n / STREAM_BN), 1, 1), 32 * w,
                         w * STREAM_BM * STREAM_BN * 4)
     if tile is None and wgmma:
         return _plan_wgmma(m, n, k, sm_count, None, split)

@@ -76,8 +76,8 @@ def launch_gemm(a: Any, w: Any, *, out: Any, bias: Any = None, stream: Any = Non
     if plan.kind == "tile":
         name = f"gemm_{dt}_{plan.kernel}"
         args = (out, a, w, bias_arg, has_bias, I32(m), I32(n), I32(k), I32(plan.ktiles_per_split))
-    elif plan.kind in ("gemv", "stream"):  # the streaming kernel is gemv_<dt>_m8
-        name = f"gemv_{dt}_{plan.kernel}"
+    elif plan.kind in ("gemv", "stream"):
+        name = f"gemv_{dt}_{plan.kernel}" if plan.kind == "gemv" else f"gemm_{dt}_stream"
         args = (out, a, w, bias_arg, has_bias, I32(m), I32(n), I32(k))
     elif plan.kind == "fallback":
         name = f"gemm_fallback_{dt}"
