@@ -237,25 +237,51 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p) {
   return v;
 }
 
+// Each warp streams one weight row. With one row of a (MR = 1) the CTA's 8 warps share it
+// through a shared-memory tile of GEMV_KC columns, converted to fp32 once per CTA rather
+// than once per warp: faster in the Llama-1B decode step at batch 1 (README, Known
+// limits); with 2 or 4 rows the tile was slower, so those kernels read a directly. The
+// conversion is exact and a lane sums its k in one order either way (k = lane * 8 + 256 j,
+// j rising), so a row's bits do not depend on MR.
+#define GEMV_KC 2048
 template <class D, int MR>
 __device__ __forceinline__ void gemv_body(u16* __restrict__ out, const u16* __restrict__ A,
                                           const u16* __restrict__ W, const u16* __restrict__ bias,
                                           int has_bias, int M, int N, int K) {
   constexpr int U = 4;  // 16-byte weight loads in flight per lane
+  constexpr bool TILE = MR == 1;
+  __shared__ __align__(16) float as[TILE ? GEMV_KC : 4];
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const u16* wr = W + (i64)n * K;
+  const bool live = n < N;  // warps past N still fill the tile and meet the barriers
+  const u16* wr = W + (i64)(live ? n : 0) * K;
   float acc[MR];
 #pragma unroll
   for (int m = 0; m < MR; ++m) acc[m] = 0.f;
-  for (int k0 = 0; k0 < K; k0 += 256 * U) {
+  for (int k0 = 0; k0 < K; k0 += 256 * U) {  // GEMV_KC is a multiple of 256 * U
     uint4 wv[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u * 256 + lane * 8;
-      if (k < K) wv[u] = ld_stream16(wr + k); else wv[u] = make_uint4(0, 0, 0, 0);
+      if (live && k < K) wv[u] = ld_stream16(wr + k); else wv[u] = make_uint4(0, 0, 0, 0);
     }
+    const int c0 = k0 - k0 % GEMV_KC;
+    if (TILE && k0 == c0) {  // a new tile of a, while this group's weights are in flight
+      if (k0) __syncthreads();  // every warp is done with the previous tile
+      for (int i = threadIdx.x * 8; i < MR * GEMV_KC; i += blockDim.x * 8) {
+        const int m = i / GEMV_KC, k = c0 + i % GEMV_KC;
+        float f[8];
+        if (m < M && k < K) load_f<D, 8>(A + (i64)m * K + k, f);  // K % 8 == 0: all 8 or none
+        else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) f[e] = 0.f;
+        }
+        reinterpret_cast<float4*>(as + i)[0] = make_float4(f[0], f[1], f[2], f[3]);
+        reinterpret_cast<float4*>(as + i)[1] = make_float4(f[4], f[5], f[6], f[7]);
+      }
+      __syncthreads();
+    }
+    if (!live) continue;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u * 256 + lane * 8;
@@ -268,7 +294,14 @@ __device__ __forceinline__ void gemv_body(u16* __restrict__ out, const u16* __re
         for (int m = 0; m < MR; ++m) {
           if (m < M) {
             float af[8];
-            load_f<D, 8>(A + (i64)m * K + k, af);
+            if (TILE) {
+              const float4* ap = reinterpret_cast<const float4*>(as + m * GEMV_KC + (k - c0));
+              const float4 lo = ap[0], hi = ap[1];
+              af[0] = lo.x, af[1] = lo.y, af[2] = lo.z, af[3] = lo.w;
+              af[4] = hi.x, af[5] = hi.y, af[6] = hi.z, af[7] = hi.w;
+            } else {
+              load_f<D, 8>(A + (i64)m * K + k, af);
+            }
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[m] += af[e] * wf[e];
           }
@@ -276,6 +309,7 @@ __device__ __forceinline__ void gemv_body(u16* __restrict__ out, const u16* __re
       }
     }
   }
+  if (!live) return;
 #pragma unroll
   for (int m = 0; m < MR; ++m) {
     const float v = warp_sum(acc[m]);
